@@ -1,0 +1,50 @@
+# corridor: the two entry points a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System tools corridor and its tests use (Debian/Ubuntu package names).
+APT_PACKAGES := bubblewrap nftables iproute2 util-linux curl git ca-certificates
+
+.PHONY: setup sysdeps venv test test-fast lint demo clean
+
+setup: sysdeps venv
+
+sysdeps:
+	@missing=""; \
+	for t in bwrap:bubblewrap nft:nftables ip:iproute2 setpriv:util-linux curl:curl git:git; do \
+	  cmd=$${t%%:*}; pkg=$${t##*:}; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else \
+	    echo "corridor needs:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not lab and not slow"
+
+demo: setup
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

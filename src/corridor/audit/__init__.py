@@ -1,0 +1,61 @@
+"""Audit: the event schema, the append-only store and the ways to show a session."""
+
+from corridor.audit.events import (
+    ALLOW,
+    BLOCKED_DECISIONS,
+    DECISIONS,
+    DENY,
+    WOULD_DENY,
+    Event,
+    Kind,
+    format_command,
+)
+from corridor.audit.render import (
+    Row,
+    connection_rows,
+    human_bytes,
+    human_duration,
+    render_jsonl,
+    render_table,
+    summary_line,
+)
+from corridor.audit.store import (
+    DB_FILENAME,
+    EventWriter,
+    SessionSummary,
+    StoreError,
+    default_db_path,
+    default_state_dir,
+    last_session,
+    new_session_id,
+    read_events,
+    sessions,
+)
+
+__all__ = [
+    "ALLOW",
+    "BLOCKED_DECISIONS",
+    "DB_FILENAME",
+    "DECISIONS",
+    "DENY",
+    "WOULD_DENY",
+    "Event",
+    "EventWriter",
+    "Kind",
+    "Row",
+    "SessionSummary",
+    "StoreError",
+    "connection_rows",
+    "default_db_path",
+    "default_state_dir",
+    "format_command",
+    "human_bytes",
+    "human_duration",
+    "last_session",
+    "new_session_id",
+    "read_events",
+    "render_jsonl",
+    "render_table",
+    "sessions",
+    "summary_line",
+]

@@ -1,0 +1,172 @@
+"""Command line: `corridor run`, `corridor log`.
+
+User mistakes (bad flags, bad policy files, missing tools) end here as one clear
+line on stderr and exit 2; nothing below prints tracebacks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from corridor import __version__
+from corridor.errors import EXIT_USAGE, UserError
+
+
+def _state_dir(value: str | None) -> Path:
+    from corridor.audit import default_state_dir
+
+    if value:
+        return Path(value)
+    env = os.environ.get("CORRIDOR_STATE_DIR")
+    return Path(env) if env else default_state_dir()
+
+
+LOG_PIPE_WIDTH = 200
+STATE_DIR_HELP = "Where the event log lives (default: $XDG_STATE_HOME/corridor)."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="corridor")
+def cli() -> None:
+    """Run a coding agent with contained network access.
+
+    The command runs in a throwaway sandbox whose only way out is corridor's gateway;
+    every DNS query and connection is decided by the policy and recorded.
+    """
+
+
+@cli.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Allow a host (exact, or *.domain for subdomains), optionally one port. "
+    "Repeatable. Default ports: 443 and 80.",
+)
+@click.option("--policy", "policy_file", metavar="FILE", help="Policy file (YAML).")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory the command may write to (default: the current directory).",
+)
+@click.option(
+    "--env",
+    "pass_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this environment variable into the sandbox (others are dropped).",
+)
+@click.option(
+    "--upstream-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Extra CA certificates (PEM) the gateway trusts upstream, e.g. a corporate CA.",
+)
+@click.option("--state-dir", default=None, help=STATE_DIR_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="No summary line at the end.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(allow, policy_file, workspace, pass_env, upstream_ca, state_dir, quiet, command) -> None:
+    """Run COMMAND in a sandbox whose network goes only through corridor's gateway.
+
+    Exits with the command's exit code (128+N when it died of signal N).
+
+    \b
+    Example:
+      corridor run --allow api.example.com -- curl -sSf https://api.example.com/
+    """
+    from corridor.policy import load_policy, policy_from_flags
+    from corridor.session import RunOptions, print_summary
+    from corridor.session import run as run_session
+
+    base = load_policy(Path(policy_file)) if policy_file else None
+    policy = policy_from_flags(list(allow), base)
+    if upstream_ca is not None:
+        _check_ca(upstream_ca)
+    opts = RunOptions(
+        command=list(command),
+        policy=policy,
+        workspace=workspace or Path.cwd(),
+        state_dir=_state_dir(state_dir),
+        quiet=quiet,
+        upstream_ca=upstream_ca,
+        pass_env=list(pass_env),
+    )
+    result = run_session(opts)
+    if not quiet:
+        from corridor.audit import read_events, summary_line
+
+        events = read_events(opts.state_dir / "events.db", session=result.session)
+        print_summary(summary_line(events))
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--session", "session_id", default=None, help="Session id (default: the last one).")
+@click.option("--blocked", is_flag=True, help="Only what was refused.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one event per line.")
+@click.option("--state-dir", default=None, help=STATE_DIR_HELP)
+def log(session_id, blocked, as_json, state_dir) -> None:
+    """Show a session's DNS queries and connections, with decisions and reasons."""
+    from corridor.audit import last_session, read_events, render_jsonl, render_table
+
+    db = _state_dir(state_dir) / "events.db"
+    session = session_id or last_session(db)
+    if session is None:
+        raise UserError(
+            f"no sessions recorded yet in {db.parent}",
+            hint="run a command with `corridor run ... -- COMMAND` first",
+        )
+    events = read_events(db, session=session)
+    if not events:
+        raise UserError(
+            f"--session {session}: no such session in {db.parent}",
+            hint="`corridor log` without --session shows the last one",
+        )
+    if as_json:
+        render_jsonl(events, sys.stdout, blocked_only=blocked)
+    else:
+        # Piped output keeps whole rows (a wide page) instead of folding at 80 columns.
+        width = None if sys.stdout.isatty() else LOG_PIPE_WIDTH
+        render_table(events, Console(width=width), blocked_only=blocked)
+
+
+def _check_ca(path: Path) -> None:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"--upstream-ca {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise UserError(
+            f"--upstream-ca {path}: no PEM certificate in the file",
+            hint="pass a PEM file with one or more CERTIFICATE blocks",
+        )
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="corridor", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        print(f"corridor: error: {e.format_message()}{hint}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as e:
+        print(f"corridor: error: {e.format_message()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except UserError as e:
+        print(f"corridor: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

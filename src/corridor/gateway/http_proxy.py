@@ -1,0 +1,401 @@
+"""Plain HTTP/1 through the gateway: the explicit proxy and transparent port 80.
+
+h11 parses both sides (one connection object for the client, one for upstream), so
+every request on a kept-alive connection is seen, decided and framed, not only the
+first. A connection is bound to the host of its first request: a later request for
+another host is refused (keep-alive host switching is a classic filter bypass).
+CONNECT hands over to the gateway's tunnel path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import h11
+
+from corridor.gateway.http_target import (
+    RequestTarget,
+    TargetError,
+    request_target,
+    rewrite_origin_form,
+)
+from corridor.gateway.relay import Counters, close_quietly
+from corridor.gateway.upstream import UpstreamError, dial
+from corridor.policy import Decision, Target
+from corridor.policy.hosts import InvalidHost, normalize_host
+
+if TYPE_CHECKING:
+    from corridor.gateway.server import Gateway
+
+# Request heads larger than this are refused (431): h11's default, close to what nginx
+# (8 KiB per line, 32 KiB total by default) and Squid (64 KiB) accept.
+MAX_HEAD_BYTES = 64 * 1024
+READ_SIZE = 256 * 1024
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and proxy credentials never go upstream.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+class _Closed(Exception):
+    """The peer went away or broke protocol; the exchange ends."""
+
+
+class HttpExchange:
+    """One client connection carrying HTTP/1 requests."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: bytes,
+        conn_id: int,
+        *,
+        proxy: bool,
+        dest,
+    ):
+        self.gw = gw
+        self.reader = reader
+        self.writer = writer
+        self.conn_id = conn_id
+        self.proxy = proxy
+        self.dest = dest  # transparent: (address, port, name from the synthetic map)
+        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        if first:  # h11 reads an empty chunk as end-of-stream
+            self.client.receive_data(first)
+        self.protocol = "http"
+        self.up: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
+        self.bound: tuple[str, int] | None = None
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.up_address: str | None = None
+
+    async def run(self) -> None:
+        try:
+            while await self._one_request():
+                pass
+        except _Closed:
+            pass
+        finally:
+            if self.up is not None:
+                close_quietly(self.up[1])
+                assert self.bound is not None
+                self.gw.record_end(
+                    self.conn_id,
+                    self.started,
+                    self.counters,
+                    self.bound[0],
+                    self.bound[1],
+                    self.up_address,
+                    self.protocol,
+                )
+            close_quietly(self.writer)
+
+    async def _one_request(self) -> bool:
+        """Handle one request; True when the connection may carry another."""
+        try:
+            ev = await _next_event(self.client, self.reader)
+        except h11.RemoteProtocolError as e:
+            self._deny_raw(e.error_status_hint, f"malformed HTTP request: {e}")
+            return False
+        if not isinstance(ev, h11.Request):
+            return False
+        try:
+            default_port = self.dest[1] if self.dest is not None else 80
+            tgt = request_target(
+                ev.method, ev.target, ev.headers, proxy=self.proxy, default_port=default_port
+            )
+        except TargetError as e:
+            await self._deny(ev, None, 0, Decision(False, e.reason, None), status=e.status)
+            return False
+        if ev.method == b"CONNECT":
+            if self.up is not None:
+                await self._deny(
+                    ev,
+                    tgt.host,
+                    tgt.port,
+                    Decision(False, "CONNECT on a connection already used for plain HTTP", None),
+                )
+                return False
+            leftover = await self._connect_leftover()
+            await self.gw.connect_tunnel(
+                self.conn_id, tgt.host, tgt.port, self.reader, self.writer, leftover
+            )
+            raise _Closed
+        port = tgt.port
+        problem = self._mismatch(tgt)
+        if problem:
+            await self._deny(ev, tgt.host, port, Decision(False, problem, None))
+            return False
+        d = self.gw.decide(
+            Target(host=tgt.host, port=port, method=ev.method.decode("ascii"), path=tgt.path)
+        )
+        if not d.allowed:
+            await self._deny(ev, tgt.host, port, d)
+            return False
+        if self.up is None and not await self._open_upstream(ev, tgt, port, d):
+            return False
+        await self._exchange(ev, tgt)
+        return self._next_cycle()
+
+    def _mismatch(self, tgt: RequestTarget) -> str | None:
+        try:
+            host = normalize_host(tgt.host)
+        except InvalidHost as e:
+            return f"invalid host name: {e}"
+        if self.dest is not None:
+            address, port, mapped = self.dest
+            if tgt.port != port:
+                return f"Host port {tgt.port} differs from the destination port {port}"
+            if mapped is not None and normalize_host(mapped) != host:
+                return f"Host {tgt.host} differs from the name resolved for {address} ({mapped})"
+        if self.bound is not None and self.bound != (
+            host,
+            tgt.port if self.dest is None else self.dest[1],
+        ):
+            return f"request for {tgt.host} on a connection bound to {self.bound[0]}"
+        return None
+
+    async def _open_upstream(
+        self, ev: h11.Request, tgt: RequestTarget, port: int, d: Decision
+    ) -> bool:
+        if self.dest is not None:
+            port = self.dest[1]
+        try:
+            resolved = await self.gw.resolver.resolve(tgt.host)
+        except UpstreamError as e:
+            await self._deny(ev, tgt.host, port, Decision(False, e.reason, d.rule), status=502)
+            return False
+        self.gw.record_decision(
+            self.conn_id,
+            self.protocol,
+            tgt.host,
+            port,
+            str(resolved.addresses[0]) if resolved.addresses else None,
+            d,
+        )
+        self.bound = (normalize_host(tgt.host), port)
+        try:
+            up_r, up_w, addr = await dial(resolved.addresses, port)
+        except UpstreamError as e:
+            self.up = None
+            await self._send_simple(502, f"corridor: {e.reason}\n")
+            self.gw.record_end(
+                self.conn_id,
+                self.started,
+                self.counters,
+                tgt.host,
+                port,
+                None,
+                self.protocol,
+                reason=e.reason,
+            )
+            self.bound = None
+            raise _Closed from None
+        self.up_address = str(addr)
+        self.up = (up_r, up_w, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES))
+        return True
+
+    async def _exchange(self, req: h11.Request, tgt: RequestTarget) -> None:
+        assert self.up is not None
+        up_r, _up_w, uc = self.up
+        headers = _forward_headers(req.headers)
+        if not any(n.lower() == b"host" for n, _ in headers):
+            headers.append((b"Host", tgt.host.encode()))
+        self._write_up(
+            uc.send(
+                h11.Request(
+                    method=req.method,
+                    target=rewrite_origin_form(tgt),
+                    headers=headers,
+                    http_version="1.1",
+                )
+            )
+        )
+        try:
+            await asyncio.gather(self._pump_body(uc), self._pump_response(uc, up_r))
+        except (h11.ProtocolError, ConnectionError, OSError) as e:
+            raise _Closed from e
+
+    async def _pump_body(self, uc: h11.Connection) -> None:
+        while True:
+            ev = await _next_event(self.client, self.reader)
+            if isinstance(ev, h11.Data):
+                self._write_up(uc.send(h11.Data(data=ev.data)))
+                await self.up[1].drain()  # type: ignore[index]
+            elif isinstance(ev, h11.EndOfMessage):
+                self._write_up(uc.send(h11.EndOfMessage(headers=ev.headers)))
+                return
+            else:
+                raise _Closed
+
+    async def _pump_response(self, uc: h11.Connection, up_r: asyncio.StreamReader) -> None:
+        while True:
+            ev = await _next_event(uc, up_r)
+            if isinstance(ev, h11.InformationalResponse):
+                if ev.status_code == 101:
+                    raise _Closed  # protocol switches are not relayed in plain mode
+                self._write_client(self.client.send(ev))
+            elif isinstance(ev, h11.Response):
+                self._write_client(
+                    self.client.send(
+                        h11.Response(
+                            status_code=ev.status_code,
+                            headers=_forward_headers(ev.headers),
+                            reason=ev.reason,
+                        )
+                    )
+                )
+            elif isinstance(ev, h11.Data):
+                self._write_client(self.client.send(h11.Data(data=ev.data)))
+                await self.writer.drain()
+            elif isinstance(ev, h11.EndOfMessage):
+                self._write_client(self.client.send(h11.EndOfMessage(headers=ev.headers)))
+                await self.writer.drain()
+                return
+            else:
+                raise _Closed
+
+    def _next_cycle(self) -> bool:
+        assert self.up is not None
+        uc = self.up[2]
+        if (
+            self.client.our_state is h11.DONE
+            and self.client.their_state is h11.DONE
+            and uc.our_state is h11.DONE
+            and uc.their_state is h11.DONE
+        ):
+            self.client.start_next_cycle()
+            uc.start_next_cycle()
+            return True
+        return False
+
+    async def _connect_leftover(self) -> bytes:
+        ev = await _next_event(self.client, self.reader)
+        if not isinstance(ev, h11.EndOfMessage):
+            raise _Closed
+        data, _closed = self.client.trailing_data
+        return bytes(data)
+
+    def _write_up(self, data: bytes | None) -> None:
+        if data:
+            assert self.up is not None
+            self.up[1].write(data)
+            self.counters.up += len(data)
+
+    def _write_client(self, data: bytes | None) -> None:
+        if data:
+            self.writer.write(data)
+            self.counters.down += len(data)
+
+    async def _deny(
+        self, ev: h11.Request, host: str | None, port: int, d: Decision, status: int = 403
+    ) -> None:
+        if self.up is None:
+            self.gw.record_decision(self.conn_id, self.protocol, host, port, None, d)
+        else:
+            self.gw.record(
+                _kind_connection(),
+                conn_id=self.conn_id,
+                protocol=self.protocol,
+                host=host,
+                port=port,
+                decision="deny",
+                reason=d.reason,
+                rule=d.rule,
+            )
+            self.gw.stats.blocked += 1
+        from corridor.gateway.server import refusal_body
+
+        body = refusal_body(d) if status == 403 else f"corridor: {d.reason}\n".encode()
+        extra = [(b"X-Corridor-Decision", f'deny; reason="{_safe(d.reason)}"'.encode())]
+        await self._send_simple(status, body, extra)
+
+    def _deny_raw(self, status: int, reason: str) -> None:
+        d = Decision(False, reason, None)
+        self.gw.record_decision(self.conn_id, self.protocol, None, 0, None, d)
+        body = f"corridor: {reason}\n".encode()
+        head = (
+            f"HTTP/1.1 {status} Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nX-Corridor-Decision: deny\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        with contextlib.suppress(ConnectionError, OSError):
+            self.writer.write(head + body)
+
+    async def _send_simple(
+        self, status: int, body: bytes | str, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        if isinstance(body, str):
+            body = body.encode()
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+            *(extra or []),
+        ]
+        try:
+            if self.client.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                data = self.client.send(h11.Response(status_code=status, headers=headers))
+                data = (data or b"") + (self.client.send(h11.Data(data=body)) or b"")
+                data += self.client.send(h11.EndOfMessage()) or b""
+            else:
+                raise h11.LocalProtocolError("late")
+        except h11.LocalProtocolError:
+            data = (
+                f"HTTP/1.1 {status} Error\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode() + body
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+
+def _kind_connection():
+    from corridor.audit.events import Kind
+
+    return Kind.CONNECTION
+
+
+def _safe(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 and c != '"' else "?" for c in text)
+
+
+def _forward_headers(headers) -> list[tuple[bytes, bytes]]:
+    """Headers minus hop-by-hop ones and any the Connection header names."""
+    named = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named |= {v.strip().lower() for v in value.split(b",")}
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader):
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            try:
+                data = await reader.read(READ_SIZE)
+            except (ConnectionError, OSError) as e:
+                raise _Closed from e
+            conn.receive_data(data)
+            continue
+        if ev is h11.PAUSED or isinstance(ev, h11.ConnectionClosed):
+            return None
+        return ev

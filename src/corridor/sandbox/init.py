@@ -1,0 +1,212 @@
+"""The in-sandbox init: PID 1 of the sandbox.
+
+Runs inside bwrap as uid 0 of the sandbox's user namespace, holding only the
+capabilities bwrap.INIT_CAPS. In order it:
+
+1. brings `lo` up, routes every address (IPv4 and IPv6) to `lo` and loads the nft
+   ruleset (nft.py) that redirects all TCP and DNS to the gateway and drops the rest;
+2. creates the gateway's listening sockets in this network namespace and hands their
+   file descriptors to corridor over the control socket (SCM_RIGHTS), then closes its
+   copies: only the gateway, outside, can accept on them;
+3. waits for corridor's go-ahead; then forks the command, which becomes the invoking
+   user's uid (a nested user namespace when rootless), drops every capability, sets
+   no_new_privs (setpriv) and execs;
+4. stays PID 1: forwards the signals corridor relays, reaps orphans, and exits with the
+   command's status (128+N for signal N). When PID 1 exits the kernel kills everything
+   left in the PID namespace, so nothing outlives the session. If the control socket
+   closes (corridor and its gateway are gone), the command is killed: fail closed.
+
+Standard library only: this runs before anything else and must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+CLONE_NEWUSER = 0x10000000
+LISTEN_BACKLOG = 1024  # the gateway accepts in a loop; a burst of connects must not be refused
+EXIT_SETUP_FAILED = 125  # like env(1)/chroot(1): the wrapper failed, not the command
+EXIT_NOT_FOUND = 127
+EXIT_CANNOT_EXEC = 126
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+
+def fail(msg: str, code: int = EXIT_SETUP_FAILED) -> None:
+    print(f"corridor: {msg}", file=sys.stderr, flush=True)
+    os._exit(code)
+
+
+def run(argv: list[str], stdin: str | None = None) -> None:
+    r = subprocess.run(argv, input=stdin, text=True, capture_output=True)
+    if r.returncode != 0:
+        fail(f"sandbox setup: {' '.join(argv[:4])} failed: {r.stderr.strip()}")
+
+
+def setup_network(cfg: dict) -> None:
+    ip, nft = cfg["ip"], cfg["nft"]
+    run([ip, "link", "set", "lo", "up"])
+    # Without `src`, connects to redirected addresses pick no source and hang.
+    run([ip, "route", "add", "default", "dev", "lo", "src", "127.0.0.1"])
+    run([ip, "-6", "route", "add", "default", "dev", "lo"])
+    run([nft, "-f", "-"], stdin=cfg["nft_rules"])
+
+
+def listener(kind: int, port: int) -> socket.socket:
+    # Dual-stack on the unspecified address: redirected IPv4 arrives at 127.0.0.1 and
+    # IPv6 at ::1; nothing else can reach this namespace.
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(LISTEN_BACKLOG)
+    return s
+
+
+def hand_over_listeners(ctl: socket.socket, ports: dict) -> None:
+    socks = {
+        "transparent": listener(socket.SOCK_STREAM, ports["transparent"]),
+        "proxy": listener(socket.SOCK_STREAM, ports["proxy"]),
+        "dns_udp": listener(socket.SOCK_DGRAM, ports["dns"]),
+        "dns_tcp": listener(socket.SOCK_STREAM, ports["dns"]),
+    }
+    names = list(socks)
+    socket.send_fds(ctl, [json.dumps(names).encode()], [socks[n].fileno() for n in names])
+    for s in socks.values():
+        s.close()
+
+
+def become_user(uid: int, gid: int) -> None:
+    """Map the invoking user's uid/gid to our uid 0 in a nested user namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER) != 0:
+        fail(f"cannot create user namespace: {os.strerror(ctypes.get_errno())}")
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} 0 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid} 0 1")
+
+
+def exec_command(cfg: dict) -> None:
+    """In the forked child: become the user, drop everything, exec."""
+    os.setsid()
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    argv = cfg["command"]
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=os.environ.get("PATH"))
+    if path is None or not os.path.exists(path):
+        fail(f"command not found: {argv[0]}", EXIT_NOT_FOUND)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        fail(f"cannot execute {argv[0]}: permission denied", EXIT_CANNOT_EXEC)
+    if cfg["uid"] != 0:
+        become_user(cfg["uid"], cfg["gid"])
+    setpriv = [cfg["setpriv"], "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+    try:
+        os.execv(setpriv[0], [*setpriv, "--", path, *argv[1:]])
+    except OSError as e:
+        fail(f"cannot execute {argv[0]}: {e.strerror}", EXIT_CANNOT_EXEC)
+
+
+def supervise(ctl: socket.socket, child: int) -> int:
+    """PID 1 loop: relay signals from corridor, reap, return the command's status."""
+    sigchld_r, sigchld_w = os.pipe()
+    os.set_blocking(sigchld_w, False)
+    signal.set_wakeup_fd(sigchld_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in FORWARDED_SIGNALS:
+        # PID 1 ignores signals it has no handler for; relay them to the command.
+        signal.signal(sig, lambda n, _f: _kill(child, n))
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return EXIT_SETUP_FAILED
+            if pid == 0:
+                break
+            if pid == child:
+                return (
+                    os.waitstatus_to_exitcode(status)
+                    if os.WIFEXITED(status)
+                    else (128 + os.WTERMSIG(status))
+                )
+        ready, _, _ = select.select([ctl, sigchld_r], [], [])
+        if sigchld_r in ready:
+            os.read(sigchld_r, 512)
+        if ctl in ready:
+            msg = ctl.recv(64)
+            if not msg:
+                # corridor (and with it the gateway) is gone: end the command now.
+                _kill(child, signal.SIGKILL)
+                print(
+                    "corridor: gateway gone; command ended (no network)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return EXIT_SETUP_FAILED
+            for line in msg.decode().split():
+                _kill(child, int(line))
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    ctl = socket.socket(fileno=cfg["ctl_fd"])
+    setup_network(cfg)
+    hand_over_listeners(ctl, cfg["ports"])
+    if ctl.recv(2) != b"go":
+        fail("gateway did not start; command not run")
+    child = os.fork()
+    if child == 0:
+        ctl.close()
+        exec_command(cfg)
+    # Keep no capability in PID 1 beyond what reaping needs (none).
+    _drop_caps()
+    os._exit(supervise(ctl, child))
+
+
+def _drop_caps() -> None:
+    """capset(2) to empty sets: PID 1 keeps no privilege once the command runs."""
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (Data * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        fail(f"cannot drop capabilities: {os.strerror(ctypes.get_errno())}")
+
+
+if __name__ == "__main__":
+    main()

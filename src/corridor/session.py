@@ -1,0 +1,194 @@
+"""One contained run: policy, sandbox, gateway and event log tied together.
+
+Order matters for failing closed: the policy is loaded and the event store opened
+before anything starts; the sandbox's network exists only as listening sockets the
+gateway holds; the command starts only after the gateway is serving; when the
+command ends, the gateway stops and the log is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corridor.audit import Event, EventWriter, Kind, new_session_id
+from corridor.errors import UserError
+from corridor.gateway.server import Gateway
+from corridor.policy import Policy, policy_hash, policy_to_dict
+from corridor.sandbox.bwrap import SandboxSpec
+from corridor.sandbox.env import build_env
+from corridor.sandbox.home import is_secret
+from corridor.sandbox.launch import Sandbox, check_user_namespaces, find_tools, start_sandbox
+from corridor.sandbox.nft import Ports
+
+RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+EVENTS_DB = "events.db"
+
+
+@dataclass
+class RunOptions:
+    command: list[str]
+    policy: Policy
+    workspace: Path
+    state_dir: Path
+    quiet: bool = False
+    upstream_ca: Path | None = None
+    pass_env: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    session: str
+    exit_code: int
+    allowed: int
+    blocked: int
+
+
+def check_workspace(workspace: Path, home: Path) -> Path:
+    """The workspace must exist and must not expose the home's secrets."""
+    try:
+        ws = workspace.resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(
+            f"--workspace {workspace}: no such directory",
+            hint="create it, or pass an existing directory",
+        ) from None
+    if not ws.is_dir():
+        raise UserError(f"--workspace {workspace}: not a directory")
+    home = home.resolve()
+    if ws == Path("/") or ws == home or home.is_relative_to(ws):
+        raise UserError(
+            f"--workspace {workspace}: contains your home directory, whose secrets would be "
+            "writable and visible in the sandbox",
+            hint="run corridor from a project directory, or pass --workspace PROJECT_DIR",
+        )
+    if is_secret(str(home), str(ws)):
+        raise UserError(f"--workspace {workspace}: is inside a masked secret directory")
+    return ws
+
+
+def run(opts: RunOptions) -> RunResult:
+    home = Path(os.environ.get("HOME") or os.path.expanduser("~"))
+    workspace = check_workspace(opts.workspace, home)
+    tools = find_tools()
+    rootless = os.getuid() != 0
+    if rootless:
+        check_user_namespaces()
+    cwd = Path.cwd().resolve()
+    if not cwd.is_relative_to(workspace):
+        cwd = workspace
+    ports = Ports()
+    senv = build_env(
+        os.environ,
+        proxy_port=ports.proxy,
+        home=str(home),
+        workspace=str(cwd),
+        extra_names=opts.pass_env,
+    )
+    session = new_session_id()
+    opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    writer = EventWriter(opts.state_dir / EVENTS_DB)
+    writer.flush()  # an unusable state directory stops the run before anything starts
+    started = time.time()
+    writer.emit(
+        Event(
+            session=session,
+            kind=Kind.SESSION_START,
+            ts=started,
+            data={
+                "command": opts.command,
+                "workspace": str(workspace),
+                "cwd": str(cwd),
+                "user": _user_name(),
+                "uid": os.getuid(),
+                "rootless": rootless,
+                "policy": policy_to_dict(opts.policy),
+                "policy_hash": policy_hash(opts.policy),
+                "env_passed": sorted(senv.env),
+                "env_dropped": list(senv.dropped),
+            },
+        )
+    )
+    spec = SandboxSpec(workspace=workspace, home=home, cwd=cwd, rootless=rootless)
+    exit_code = 125
+    gateway: Gateway | None = None
+    try:
+        sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
+        gateway = Gateway(policy=opts.policy, session=session, emit=writer.emit)
+        exit_code = asyncio.run(_serve(gateway, sandbox))
+    finally:
+        stats = gateway.stats if gateway else None
+        writer.emit(
+            Event(
+                session=session,
+                kind=Kind.SESSION_END,
+                ts=time.time(),
+                data={
+                    "exit_code": exit_code,
+                    "signal": exit_code - 128 if exit_code > 128 else None,
+                    "duration_ms": round((time.time() - started) * 1000, 3),
+                    "connections_allowed": stats.allowed if stats else 0,
+                    "connections_blocked": stats.blocked if stats else 0,
+                    "dns_queries": stats.dns if stats else 0,
+                    "dns_refused": stats.dns_refused if stats else 0,
+                },
+            )
+        )
+        writer.close()
+    return RunResult(
+        session, exit_code, stats.allowed if stats else 0, stats.blocked if stats else 0
+    )
+
+
+async def _serve(gateway: Gateway, sandbox: Sandbox) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        await gateway.start(sandbox.listeners)
+    except BaseException:
+        sandbox.kill()
+        sandbox.proc.wait()
+        raise
+    exited: asyncio.Future[int] = loop.create_future()
+    pidfd = os.pidfd_open(sandbox.proc.pid)
+
+    def on_exit() -> None:
+        loop.remove_reader(pidfd)
+        if not exited.done():
+            exited.set_result(_exit_code(sandbox.proc.wait()))
+
+    loop.add_reader(pidfd, on_exit)
+    for sig in RELAYED_SIGNALS:
+        loop.add_signal_handler(sig, sandbox.relay_signal, sig)
+    try:
+        sandbox.start()
+        return await exited
+    finally:
+        for sig in RELAYED_SIGNALS:
+            loop.remove_signal_handler(sig)
+        os.close(pidfd)
+        sandbox.kill()
+        sandbox.proc.wait()
+        await gateway.stop()
+        sandbox.close()
+
+
+def _exit_code(status: int) -> int:
+    # Popen.wait gives -N for death by signal N; shells report 128+N.
+    return 128 - status if status < 0 else status
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def print_summary(line: str) -> None:
+    print(line, file=sys.stderr)

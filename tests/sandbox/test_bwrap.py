@@ -1,0 +1,45 @@
+from pathlib import Path
+
+from corridor.sandbox.bwrap import INIT_CAPS, SandboxSpec, bwrap_argv
+
+
+def _argv(tmp_path: Path, rootless: bool) -> list[str]:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".config" / "gh").mkdir(parents=True)
+    (home / ".gitconfig").write_text("[user]\n")
+    ws = home / "project"
+    ws.mkdir()
+    spec = SandboxSpec(workspace=ws, home=home, cwd=ws, rootless=rootless)
+    return bwrap_argv("/usr/bin/bwrap", spec, ["python3", "-I", "init.py", "{}"])
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_namespaces_and_read_only_root(tmp_path):
+    argv = _argv(tmp_path, rootless=True)
+    assert argv[:2] == ["/usr/bin/bwrap", "--unshare-user"]
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--as-pid-1"):
+        assert flag in argv
+    assert argv[argv.index("--ro-bind") + 1 : argv.index("--ro-bind") + 3] == ["/", "/"]
+    assert {"/tmp", "/run"} <= set(_pairs(argv, "--tmpfs"))
+    assert argv[-4:] == ["python3", "-I", "init.py", "{}"]
+    assert _pairs(argv, "--cap-add") == list(INIT_CAPS)
+
+
+def test_root_does_not_ask_for_a_user_namespace(tmp_path):
+    assert "--unshare-user" not in _argv(tmp_path, rootless=False)
+
+
+def test_home_secrets_masked_and_workspace_writable(tmp_path):
+    argv = _argv(tmp_path, rootless=True)
+    home = tmp_path / "home"
+    binds = _pairs(argv, "--ro-bind")
+    assert str(home / ".gitconfig") in binds
+    assert str(home / ".ssh") not in binds
+    assert str(home / ".config" / "gh") in _pairs(argv, "--tmpfs")
+    assert str(home / "project") in _pairs(argv, "--bind")
+    # The workspace bind comes after the home view, so it is writable on top of it.
+    assert argv.index("--bind") > argv.index(str(home / ".gitconfig"))
