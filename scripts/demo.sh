@@ -29,15 +29,16 @@ PY
 ALLOW=()
 for h in "${HOSTS[@]}"; do ALLOW+=(--allow "$h"); done
 echo "== pip's index, discovered at run time: ${#HOSTS[@]} host(s) allowed"
-echo "== 1. a contained pip download (only the package index is reachable)"
+echo "== 1. a refused attempt: only the package index is allowed (nothing leaves the machine)"
 $BIN/corridor run --state-dir "$STATE" --workspace "$WS" "${ALLOW[@]}" -- \
-  python3 -m pip download --no-deps --no-cache-dir -d "$WS/dl" six \
+  curl -sS -m 5 https://example.com/ || true
+$BIN/corridor log --state-dir "$STATE" --blocked
+echo
+echo "== 2. a contained pip download through the gateway"
+$BIN/corridor run --state-dir "$STATE" --workspace "$WS" "${ALLOW[@]}" -- \
+  python3 -m pip download -q --no-deps --no-cache-dir -d "$WS/dl" six \
   || echo "(pip download failed: is the package index reachable from this machine?)"
 ls "$WS/dl" 2>/dev/null || true
 echo
-echo "== 2. the same sandbox refuses anything else (nothing leaves the machine)"
-$BIN/corridor run --state-dir "$STATE" --workspace "$WS" "${ALLOW[@]}" -- \
-  curl -sS -m 5 https://example.com/ || true
-echo
-echo "== 3. what was recorded"
+echo "== 3. what was recorded for it"
 $BIN/corridor log --state-dir "$STATE"

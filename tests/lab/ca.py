@@ -58,8 +58,9 @@ class LabCA:
             .not_valid_after(now + datetime.timedelta(days=CA_VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage(cert_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .sign(key, hashes.SHA256())
         )
         return cls(cert, key)
@@ -92,11 +93,11 @@ class LabCA:
             .not_valid_after(now + datetime.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
@@ -118,8 +119,9 @@ def write_lab_pki(directory: Path, dns_names: Iterable[str]) -> LabPKI:
     """
     ca = LabCA.create()
     cert_pem, key_pem = ca.issue(sorted(dns_names))
-    pki = LabPKI(directory / "lab-ca.pem", directory / "world-cert.pem",
-                 directory / "world-key.pem")
+    pki = LabPKI(
+        directory / "lab-ca.pem", directory / "world-cert.pem", directory / "world-key.pem"
+    )
     pki.ca_pem.write_bytes(ca.cert_pem())
     pki.cert_pem.write_bytes(cert_pem)
     pki.key_pem.touch(mode=0o600)

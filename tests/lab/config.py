@@ -29,6 +29,12 @@ DNS_V6 = "2001:db8:53::53"
 # (nft tproxy) to this port. Port 1 (tcpmux) is nothing any test would serve on.
 CATCHALL_PORT = 1
 
+# Harness <-> world: the world prints READY_LINE once it serves; on its control socket it
+# answers SYNC_COMMAND with SYNC_REPLY once everything received before is logged.
+READY_LINE = "ready"
+SYNC_COMMAND = b"sync\n"
+SYNC_REPLY = b"ok\n"
+
 HTTP_PORT = 80
 HTTPS_PORT = 443
 DNS_PORT = 53
@@ -38,7 +44,7 @@ ECHO_PORTS = (7, 5432)  # the classic echo port, and a "database-like" one
 # hide a leak behind a product answer), the lab link itself (it would be reached on the
 # link, not routed to the world), and loopback.
 FORBIDDEN_NETWORKS = tuple(
-    ipaddress.ip_network(n)
+    ipaddress.ip_network(n, strict=False)
     for n in (
         "198.18.0.0/15",
         "fd63:6f72:7269:646f::/64",
@@ -48,6 +54,20 @@ FORBIDDEN_NETWORKS = tuple(
         "::1/128",
     )
 )
+
+
+def normalize_name(name: str) -> str:
+    """DNS names compare case-insensitively and with or without the root dot."""
+    return name.rstrip(".").lower()
+
+
+def _check_address(text: str, version: int) -> None:
+    addr = ipaddress.ip_address(text)
+    if addr.version != version:
+        raise ValueError(f"{text} is not an IPv{version} address")
+    for net in FORBIDDEN_NETWORKS:
+        if addr.version == net.version and addr in net:
+            raise ValueError(f"{text} is in {net}, which the lab must not use")
 
 
 @dataclass(frozen=True)
@@ -121,8 +141,12 @@ class WorldConfig:
             "dns_v6": self.dns_v6,
             "catchall_port": self.catchall_port,
             "hosts": {
-                name: {"a": list(h.a), "aaaa": list(h.aaaa), "http": h.http,
-                       "echo_ports": list(h.echo_ports)}
+                name: {
+                    "a": list(h.a),
+                    "aaaa": list(h.aaaa),
+                    "http": h.http,
+                    "echo_ports": list(h.echo_ports),
+                }
                 for name, h in self.hosts.items()
             },
         }
@@ -132,9 +156,12 @@ class WorldConfig:
     def from_json(cls, text: str) -> WorldConfig:
         data = json.loads(text)
         hosts = {
-            name: HostEntry(a=tuple(h.get("a", ())), aaaa=tuple(h.get("aaaa", ())),
-                            http=bool(h.get("http", True)),
-                            echo_ports=tuple(h.get("echo_ports", ())))
+            name: HostEntry(
+                a=tuple(h.get("a", ())),
+                aaaa=tuple(h.get("aaaa", ())),
+                http=bool(h.get("http", True)),
+                echo_ports=tuple(h.get("echo_ports", ())),
+            )
             for name, h in data.pop("hosts").items()
         }
         return cls(hosts=hosts, **data)
@@ -152,18 +179,3 @@ class WorldConfig:
                 for port, kind in wanted:
                     found.setdefault(("tcp", addr, port), Service("tcp", addr, port, kind))
         return list(found.values())
-
-
-def normalize_name(name: str) -> str:
-    """DNS names compare case-insensitively and with or without the root dot."""
-    return name.rstrip(".").lower()
-
-
-def _check_address(text: str, version: int) -> None:
-    addr = ipaddress.ip_address(text)
-    if addr.version != version:
-        raise ValueError(f"{text} is not an IPv{version} address")
-    for net in FORBIDDEN_NETWORKS:
-        if addr.version == net.version and addr in net:
-            raise ValueError(f"{text} is in {net}, which the lab must not use")
-

@@ -68,7 +68,7 @@ def test_curl_through_proxy_variables_reaches_an_allowed_host(lab, ws, state):
         )
     assert r.returncode == 0, r.stderr
     assert "hello from allowed.test" in r.stdout
-    assert "1 allowed" in r.stderr  # the summary line
+    assert "1 connection allowed" in r.stderr  # the summary line
     conns = rows(lab, state, "conn")
     assert [(c["host"], c["port"], c["decision"]) for c in conns] == [
         ("allowed.test", 443, "allow")
@@ -101,7 +101,7 @@ def test_curl_without_proxy_goes_through_the_transparent_path(lab, ws, state):
         ("allowed.test", "tls", "allow")
     ]
     dns = rows(lab, state, "dns")
-    assert any(d["host"] == "allowed.test" and d["decision"] == "allow" for d in dns)
+    assert any(d["name"] == "allowed.test" and d["decision"] == "allow" for d in dns)
     assert cap.catchall() == []
 
 
@@ -201,7 +201,7 @@ def test_ip_literal_is_refused(lab, ws, state):
             "--",
             "sh",
             "-c",
-            f"curl -sS -m 5 --noproxy '*' http://{ip}/; echo rc=$?; "
+            f"curl -sSf -m 5 --noproxy '*' http://{ip}/; echo rc=$?; "
             f"curl -sS -m 5 http://{ip}/ -o /dev/null -w '%{{http_code}}'",
         )
     assert "rc=0" not in r.stdout
@@ -228,7 +228,7 @@ def test_denied_dns_name_gets_nxdomain_locally(lab, ws, state):
     assert "198.18." in r.stdout  # the allowed name got its synthetic address
     assert all(q["name"].rstrip(".") != "denied.test" for q in cap.dns_queries())
     dns = rows(lab, state, "dns")
-    assert any(d["host"] == "denied.test" and d["decision"] == "deny" for d in dns)
+    assert any(d["name"] == "denied.test" and d["decision"] == "deny" for d in dns)
 
 
 def test_udp_and_icmp_never_reach_the_world(lab, ws, state):

@@ -11,7 +11,7 @@ import asyncio
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -20,7 +20,6 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-
 from tests.lab.config import HostEntry, normalize_name
 from tests.lab.records import JsonlWriter
 
@@ -66,8 +65,13 @@ def answer(wire: bytes, hosts: Mapping[str, HostEntry]) -> DnsAnswer:
 
 def log_answer(log: JsonlWriter, result: DnsAnswer, proto: str, peer: Any, local: Any) -> None:
     """One record per question (one with an empty name for an unreadable query)."""
-    base = {"proto": proto, "src": peer[0], "sport": peer[1], "dst": local[0],
-            "rcode": result.rcode}
+    base = {
+        "proto": proto,
+        "src": peer[0],
+        "sport": peer[1],
+        "dst": local[0],
+        "rcode": result.rcode,
+    }
     for name, qtype in result.questions or (("", ""),):
         log.write({"name": name, "type": qtype, **base})
 
@@ -81,8 +85,7 @@ class UdpDns(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self._transport is not None

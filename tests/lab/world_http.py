@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
-
 from tests.lab.records import JsonlWriter
 
 # Integrity tests stream up to this much; above it /bytes answers 400.
@@ -151,14 +150,26 @@ class HttpServer:
         host = served_host(headers.get("host"), sni, local[0])
         method = event.method.decode("ascii")
         path = event.target.decode("latin-1")
-        self._log.write({
-            "scheme": self._scheme, "host": host, "sni": sni, "method": method, "path": path,
-            "headers": headers, "src": peer[0], "sport": peer[1], "dst": local[0],
-            "dport": local[1],
-        })
+        self._log.write(
+            {
+                "scheme": self._scheme,
+                "host": host,
+                "sni": sni,
+                "method": method,
+                "path": path,
+                "headers": headers,
+                "src": peer[0],
+                "sport": peer[1],
+                "dst": local[0],
+                "dport": local[1],
+            }
+        )
         body = await _read_body(conn, reader)
-        reply = Reply.text(413, "body too large\n") if body is None else route(
-            method, path, host, headers, body)
+        reply = (
+            Reply.text(413, "body too large\n")
+            if body is None
+            else route(method, path, host, headers, body)
+        )
         await _send(conn, writer, reply)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 

@@ -208,7 +208,8 @@ label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 ascii_names = (
     st.lists(label, min_size=1, max_size=5)
     .map(".".join)
-    .filter(lambda n: not re.fullmatch(r"[0-9]+", n.rsplit(".", 1)[-1]))
+    # a numeric last label reads as an IPv4 address ("127.1", "0x7f"): not a name
+    .filter(lambda n: not re.fullmatch(r"[0-9]+|0x[0-9a-f]*", n.rsplit(".", 1)[-1]))
 )
 # Letters that look like Latin ones but are not (Cyrillic and Greek).
 LOOKALIKES = {"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "i": "і"}

@@ -351,10 +351,9 @@ def _load(path: Path, display: str, chain: tuple[tuple[Path, str], ...]) -> Poli
     layers: list[Policy] = []
     for index, entry in enumerate(own.extends):
         child, child_display = _extends_target(doc, index, entry, path, display)
-        seen = [p for p, _ in (*chain, here)]
-        if child.resolve() in seen:
-            start = seen.index(child.resolve())
-            names = [d for _, d in (*chain, here)][start:]
+        seen = [resolved for resolved, _ in (*chain, here)]
+        if (resolved := child.resolve()) in seen:
+            names = [shown for _, shown in (*chain, here)][seen.index(resolved) :]
             raise doc.fail(
                 ("extends", index),
                 f"extends cycle: {' -> '.join([*names, child_display])}",

@@ -135,9 +135,11 @@ def start_sandbox(
         "gid": os.getgid(),
         "command": command,
     }
-    # The init uses only the standard library: run it as a file, isolated (-I: no
-    # PYTHON* variables, no user site) and without site-packages (-S: faster start).
-    init_argv = [sys.executable, "-I", "-S", str(INIT_SCRIPT), json.dumps(cfg)]
+    # The init uses only the standard library: its source goes on the command line (the
+    # sandbox may not see where corridor is installed, e.g. under the host's /tmp), run by
+    # the real interpreter behind any venv, isolated (-I) and without site-packages (-S).
+    init_argv = [os.path.realpath(sys.executable), "-I", "-S", "-c", INIT_SCRIPT.read_text(),
+                 json.dumps(cfg)]
     argv = bwrap_argv(tools.bwrap, spec, init_argv)
     proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env)
     child.close()
