@@ -36,9 +36,11 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check src tests bench
 
+# The whole suite, slow fuzzing included (`-m "slow or not slow"` selects every test;
+# a plain `pytest` skips the slow ones).
 test: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/pytest
+	$(BIN)/pytest -m "slow or not slow"
 
 test-fast: venv
 	$(BIN)/pytest -m "not lab and not slow"

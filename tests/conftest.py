@@ -49,3 +49,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     reason = item.config.stash.get(_REASON, None)
     if reason is not None and item.get_closest_marker("lab"):
         pytest.fail(f"{REQUIRE_LAB}=1 but the lab cannot be built: {reason}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab (tests/lab/harness.py), built once per test session and removed at its end."""
+    from tests.lab.harness import lab_session
+
+    with lab_session() as built:
+        yield built

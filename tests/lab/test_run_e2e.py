@@ -362,3 +362,114 @@ def _sandbox_traces(lab) -> tuple:
     ).stdout.split()
     tmp = sorted(p.name for p in Path("/tmp").iterdir() if "corridor" in p.name)
     return (sorted(procs), sorted(netns), tmp)
+
+
+PROXY_SCRIPT = r"""
+import socket, ssl, sys
+def ask(sock, host):
+    sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head.split(b"\r\n")[0].decode()
+s = socket.create_connection(("127.0.0.1", 3128))
+print("first", ask(s, "allowed.test"))
+try:
+    print("second", ask(s, sys.argv[1]))
+except OSError as e:
+    print("second error", e)
+"""
+
+
+@pytest.mark.parametrize("second", ["denied.test", "other.test"])
+def test_every_request_on_a_kept_alive_proxy_connection_is_checked(lab, ws, state, second):
+    with lab.capture() as cap:
+        r = corridor(lab, state, ws, "--allow", "allowed.test", "--allow", "other.test", "--",
+                     "python3", "-c", PROXY_SCRIPT, second)
+    assert r.returncode == 0, r.stderr
+    assert "first HTTP/1.1 200" in r.stdout
+    assert "second HTTP/1.1 403" in r.stdout
+    assert [q["host"] for q in cap.http_requests()] == ["allowed.test"]
+
+
+CONNECT_SNI_SCRIPT = r"""
+import socket, ssl
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+print(s.recv(1000).split(b"\r\n")[0].decode())
+ctx = ssl.create_default_context(cafile="lab-ca.pem")
+ctx.check_hostname = False
+try:
+    t = ctx.wrap_socket(s, server_hostname="denied.test")
+    print("handshake completed")
+except (OSError, ssl.SSLError) as e:
+    print("refused", type(e).__name__)
+"""
+
+
+def test_connect_host_that_disagrees_with_sni_is_refused(lab, ws, state):
+    with lab.capture() as cap:
+        r = corridor(lab, state, ws, "--allow", "allowed.test", "--",
+                     "python3", "-c", CONNECT_SNI_SCRIPT)
+    assert "HTTP/1.1 200" in r.stdout
+    assert "refused" in r.stdout and "handshake completed" not in r.stdout
+    assert cap.http_requests() == [] and cap.catchall() == []
+    blocked = [b for b in log_json(lab, state, "--blocked") if b.get("kind") == "conn"]
+    assert blocked[0]["reason"] == "SNI denied.test differs from CONNECT host allowed.test"
+
+
+def test_ipv6_names_answer_aaaa_and_connect(lab, ws, state):
+    r = corridor(lab, state, ws, "--allow", "v6only.test", "--allow", "dual.test", "--",
+                 "sh", "-c", "getent ahostsv6 v6only.test | head -1; "
+                 "curl -sSf --noproxy '*' --cacert lab-ca.pem https://v6only.test/; "
+                 "curl -sSf -6 --noproxy '*' --cacert lab-ca.pem https://dual.test/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("fd63:6f72:7269:646f:")
+    assert "hello from v6only.test" in r.stdout and "hello from dual.test" in r.stdout
+
+
+def test_policy_file(lab, ws, state):
+    policy = ws / "policy.yaml"
+    policy.write_text("version: 1\nallow:\n  - host: '*.test'\n    broad: true\n    ports: [80]\n"
+                      "deny:\n  - host: denied.test\n")
+    r = corridor(lab, state, ws, "--policy", str(policy), "--", "sh", "-c",
+                 "curl -sSf http://allowed.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
+                 "http://denied.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
+                 "--cacert lab-ca.pem https://allowed.test/")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "hello from allowed.test"
+    assert lines[1] == "403"  # deny wins over allow
+    assert lines[2] == "000"  # port 443 not in the rule: CONNECT refused
+    start = [x for x in log_json(lab, state) if x.get("kind") == "session_start"][-1]
+    assert len(start["data"]["policy_hash"]) == 64
+
+
+def test_killing_corridor_ends_the_command(lab, ws, state):
+    """Fail closed: with the gateway gone, nothing of the sandbox stays running."""
+    marker = "sleep 61.2345"
+    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws), "--", "sh",
+            "-c", f"echo ready; {marker}"]
+    p = lab.popen(argv, cwd=str(ws))
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+    p.kill()
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the sandboxed command outlived corridor by more than a second")

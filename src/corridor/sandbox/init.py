@@ -65,6 +65,10 @@ def setup_network(cfg: dict) -> None:
     # Without `src`, connects to redirected addresses pick no source and hang.
     run([ip, "route", "add", "default", "dev", "lo", "src", "127.0.0.1"])
     run([ip, "-6", "route", "add", "default", "dev", "lo"])
+    # getaddrinfo(AI_ADDRCONFIG) returns IPv6 answers only when a non-loopback IPv6
+    # address exists; one on lo (from the synthetic range, never handed out) lets
+    # IPv6-only names resolve for tools that pass that flag.
+    run([ip, "-6", "addr", "add", cfg["v6_local"], "dev", "lo", "nodad"])
     run([nft, "-f", "-"], stdin=cfg["nft_rules"])
 
 

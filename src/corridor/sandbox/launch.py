@@ -20,7 +20,7 @@ from pathlib import Path
 
 from corridor.errors import UserError
 from corridor.sandbox.bwrap import SandboxSpec, bwrap_argv
-from corridor.sandbox.nft import Ports, ruleset
+from corridor.sandbox.nft import SANDBOX_V6_LOCAL, Ports, ruleset
 
 # Where the system tools live even when the user's PATH lacks the sbin directories.
 TOOL_PATH = os.pathsep.join(
@@ -131,6 +131,7 @@ def start_sandbox(
         "setpriv": tools.setpriv,
         "nft_rules": ruleset(ports),
         "ports": {"transparent": ports.transparent, "proxy": ports.proxy, "dns": ports.dns},
+        "v6_local": f"{SANDBOX_V6_LOCAL}/128",
         "uid": os.getuid(),
         "gid": os.getgid(),
         "command": command,

@@ -29,6 +29,12 @@ class Ports:
     dns: int = 53
 
 
+# An IPv6 address on the sandbox's lo beside ::1 (getaddrinfo's AI_ADDRCONFIG wants a
+# non-loopback one before it returns IPv6 answers); the last of the synthetic range,
+# which gateway/names.py never hands out.
+SANDBOX_V6_LOCAL = "fd63:6f72:7269:646f:ffff:ffff:ffff:fffe"
+
+
 def ruleset(ports: Ports) -> str:
     """The ruleset for `nft -f -`, for IPv4 and IPv6 alike (family inet)."""
     return f"""\
@@ -39,7 +45,7 @@ table inet {TABLE} {{
   chain redirect_out {{
     type nat hook output priority -100; policy accept;
     ip daddr 127.0.0.0/8 return
-    ip6 daddr ::1 return
+    ip6 daddr {{ ::1, {SANDBOX_V6_LOCAL} }} return
     meta l4proto {{ tcp, udp }} th dport 53 redirect to :{ports.dns}
     meta l4proto tcp redirect to :{ports.transparent}
   }}
@@ -47,7 +53,7 @@ table inet {TABLE} {{
   chain filter_out {{
     type filter hook output priority 0; policy drop;
     ip daddr 127.0.0.0/8 accept
-    ip6 daddr ::1 accept
+    ip6 daddr {{ ::1, {SANDBOX_V6_LOCAL} }} accept
     meta l4proto udp counter name dropped_udp drop
     counter name dropped_other drop
   }}
