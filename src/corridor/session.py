@@ -115,7 +115,7 @@ def run(opts: RunOptions) -> RunResult:
             },
         )
     )
-    spec = SandboxSpec(workspace=workspace, home=home, cwd=cwd, rootless=rootless)
+    spec = SandboxSpec(workspace=workspace, home=home.resolve(), cwd=cwd, rootless=rootless)
     exit_code = 125
     gateway: Gateway | None = None
     try:

@@ -1,25 +1,25 @@
-from corridor.sandbox.home import HomeEntry, Mount, is_secret, plan_home
+from corridor.sandbox.home import Mask, home_masks, is_secret, scratch_dirs
 
 
-def test_home_is_fresh_tmpfs_with_entries_bound_read_only_and_secrets_left_out():
-    entries = [
-        HomeEntry(".ssh", True),
-        HomeEntry(".pyenv", True),
-        HomeEntry(".netrc", False),
-        HomeEntry(".cache", True),
-        HomeEntry("src", True),
-        HomeEntry(".config", True),
-    ]
-    plan = plan_home("/home/dev", entries, [".config/gh"])
-    assert plan[0] == Mount("tmpfs", "/home/dev")
-    assert Mount("ro-bind", "/home/dev/.pyenv") in plan
-    assert Mount("ro-bind", "/home/dev/src") in plan
-    assert Mount("tmpfs", "/home/dev/.cache") in plan  # writable scratch
-    assert Mount("mask", "/home/dev/.config/gh") in plan
-    paths = [m.path for m in plan]
-    assert "/home/dev/.ssh" not in paths and "/home/dev/.netrc" not in paths
-    # The nested mask comes after the bind of its parent, or it would be hidden.
-    assert paths.index("/home/dev/.config/gh") > paths.index("/home/dev/.config")
+def test_masks_only_existing_secrets_parents_first(tmp_path):
+    home = tmp_path
+    (home / ".ssh").mkdir()
+    (home / ".netrc").write_text("machine x.test password p\n")
+    (home / ".config" / "gh").mkdir(parents=True)
+    (home / "src").mkdir()
+    masks = home_masks(str(home))
+    assert Mask(str(home / ".ssh"), True) in masks
+    assert Mask(str(home / ".netrc"), False) in masks
+    assert Mask(str(home / ".config" / "gh"), True) in masks
+    assert all("src" not in m.path for m in masks)
+    assert not any(m.path.endswith(".aws") for m in masks)  # absent: nothing to mask
+    paths = [m.path for m in masks]
+    assert paths.index(str(home / ".ssh")) < paths.index(str(home / ".config" / "gh"))
+
+
+def test_scratch_dirs_that_exist(tmp_path):
+    (tmp_path / ".cache").mkdir()
+    assert scratch_dirs(str(tmp_path)) == [str(tmp_path / ".cache")]
 
 
 def test_is_secret():

@@ -4,8 +4,8 @@ bwrap gives the namespaces (user, mount, pid, ipc, uts, net, cgroup), a read-onl
 of `/`, fresh /dev, /proc and /tmp, a masked /run (host sockets such as a Docker API
 socket live there and a read-only mount does not stop connect()), the home view from
 home.py and the workspace read-write. The in-sandbox init (init.py) runs as PID 1 with
-just the capabilities it needs to set up the network, and drops them before the
-command runs.
+just the capabilities it needs to set up the network and the home view (home.py), and
+drops them before the command runs.
 """
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from corridor.sandbox.home import SCRATCH_PATHS, SECRET_PATHS, HomeEntry, plan_home
-
 # What the init needs inside, and nothing more: NET_ADMIN for lo/routes/nft,
 # NET_BIND_SERVICE for the resolver on port 53, SETFCAP to write the nested uid_map
-# (rootless), SETUID/SETGID are implied by being uid 0 in the namespace.
-INIT_CAPS = ("CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_SETFCAP")
+# (rootless), SYS_ADMIN + DAC_OVERRIDE to mount the home overlay and the masks (overlayfs
+# in a user namespace refuses the mount without DAC_OVERRIDE). All are dropped before
+# the command runs; when rootless they only ever applied inside the sandbox's namespace.
+INIT_CAPS = (
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SYS_ADMIN",
+    "CAP_DAC_OVERRIDE",
+)
 SANDBOX_HOSTNAME = "corridor"
 
 
@@ -29,21 +35,6 @@ class SandboxSpec:
     home: Path
     cwd: Path
     rootless: bool  # invoked by a non-root user: bwrap must create the user namespace
-
-
-def home_listing(home: Path) -> tuple[list[HomeEntry], list[str]]:
-    """Top-level entries of `home`, and which nested secret/scratch paths exist."""
-    entries: list[HomeEntry] = []
-    try:
-        with os.scandir(home) as it:
-            for e in it:
-                entries.append(HomeEntry(e.name, e.is_dir(follow_symlinks=False)))
-    except FileNotFoundError:
-        pass
-    nested = [
-        rel for rel in (*SECRET_PATHS, *SCRATCH_PATHS) if "/" in rel and os.path.lexists(home / rel)
-    ]
-    return entries, nested
 
 
 def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]:
@@ -74,16 +65,11 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]
     ]
     if os.path.islink("/var/run") is False and os.path.isdir("/var/run"):
         argv += ["--tmpfs", "/var/run"]
-    entries, nested = home_listing(spec.home)
-    for m in plan_home(str(spec.home), entries, nested):
-        if m.op == "tmpfs":
-            argv += ["--tmpfs", m.path]
-        elif m.op == "ro-bind":
-            argv += ["--ro-bind", m.path, m.path]
-        elif os.path.isdir(m.path):  # mask a nested secret directory
-            argv += ["--tmpfs", m.path, "--chmod", "0000", m.path]
-        else:  # mask a nested secret file
-            argv += ["--ro-bind", "/dev/null", m.path]
+    # The home view (overlay + masks) is mounted by the init, which also puts the
+    # workspace back on top when it lies inside the home. Bound here read-only so that a
+    # home under a path the sandbox replaces (/tmp, /run) is still there to overlay.
+    if spec.home.is_dir():
+        argv += ["--ro-bind", str(spec.home), str(spec.home)]
     argv += ["--bind", str(spec.workspace), str(spec.workspace)]
     argv += ["--chdir", str(spec.cwd), "--uid", "0", "--gid", "0"]
     for cap in INIT_CAPS:

@@ -1,19 +1,21 @@
 """What the sandbox sees of the invoking user's home directory.
 
-The home becomes a fresh tmpfs: what the agent writes there is thrown away with the
-session. Every entry of the real home is bound into it read-only, so tools installed
-under the home (pyenv, nvm, cargo, ~/.local/bin) keep working, except:
+The home stays readable (tools installed under it, such as pyenv, nvm, cargo or
+~/.local/bin, keep working) but every write lands in a throwaway layer: the init mounts
+an overlay on the home whose upper layer is a tmpfs that dies with the session. Secrets
+(SSH keys, cloud and registry credentials, shell histories, ...) are masked on top of
+it: an empty directory or an empty file stands where they were.
 
-- secrets (SSH keys, cloud and registry credentials, shell histories, ...) are masked:
-  top-level ones are simply not bound, nested ones get an empty tmpfs or /dev/null on top;
-- caches that tools must be able to write get a fresh, empty tmpfs.
+Where the kernel refuses the overlay, the home stays read-only (writes fail instead of
+persisting) with the same masks, and scratch directories tools expect to write to get a
+fresh tmpfs.
 
-The plan is pure (a listing in, mount operations out); bwrap.py turns it into flags.
+The plan is pure (a listing in, masks out); the init (init.py) mounts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -76,51 +78,32 @@ SECRET_PATHS: tuple[str, ...] = (
     ".codex/auth.json",
 )
 
-# Directories tools expect to write to; they start empty and writable.
+# Directories tools expect to write to; when the home cannot be overlaid they get an
+# empty tmpfs so that caches still work.
 SCRATCH_PATHS: tuple[str, ...] = (".cache", ".npm", ".local/state", ".pnpm-store", ".yarn")
 
 
 @dataclass(frozen=True, slots=True)
-class HomeEntry:
-    name: str
+class Mask:
+    """A secret path to hide: an empty tmpfs on a directory, /dev/null on a file."""
+
+    path: str
     is_dir: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One mount operation, applied in order: op is 'ro-bind', 'tmpfs' or 'mask-file'."""
+def home_masks(home: str) -> list[Mask]:
+    """The masks for the secret paths that exist under `home` (parents before children)."""
+    masks: list[Mask] = []
+    for rel in sorted(SECRET_PATHS, key=lambda p: (p.count("/"), p)):
+        path = os.path.join(home, rel)
+        if os.path.lexists(path):
+            masks.append(Mask(path, os.path.isdir(path)))
+    return masks
 
-    op: str
-    path: str  # absolute path inside the sandbox (same as on the host)
 
-
-def plan_home(
-    home: str, entries: Iterable[HomeEntry], nested_present: Iterable[str]
-) -> list[Mount]:
-    """Mounts that build the sandbox's view of `home`.
-
-    `entries` lists the home's top-level entries; `nested_present` the SECRET_PATHS and
-    SCRATCH_PATHS with a '/' in them that exist on the host (relative to home).
-    """
-    root = PurePosixPath(home)
-    top_secret = {p for p in SECRET_PATHS if "/" not in p}
-    top_scratch = {p for p in SCRATCH_PATHS if "/" not in p}
-    mounts = [Mount("tmpfs", str(root))]
-    for entry in sorted(entries, key=lambda e: e.name):
-        if entry.name in top_secret:
-            continue  # masked: not there at all
-        if entry.name in top_scratch and entry.is_dir:
-            mounts.append(Mount("tmpfs", str(root / entry.name)))
-            continue
-        mounts.append(Mount("ro-bind", str(root / entry.name)))
-    nested = set(nested_present)
-    for rel in SECRET_PATHS:
-        if "/" in rel and rel in nested:
-            mounts.append(Mount("mask", str(root / rel)))
-    for rel in SCRATCH_PATHS:
-        if "/" in rel and rel in nested:
-            mounts.append(Mount("tmpfs", str(root / rel)))
-    return mounts
+def scratch_dirs(home: str) -> list[str]:
+    """Existing scratch directories (only used when the home cannot be overlaid)."""
+    return [os.path.join(home, p) for p in SCRATCH_PATHS if os.path.isdir(os.path.join(home, p))]
 
 
 def is_secret(home: str, path: str) -> bool:

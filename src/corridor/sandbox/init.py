@@ -5,6 +5,8 @@ capabilities bwrap.INIT_CAPS. In order it:
 
 1. brings `lo` up, routes every address (IPv4 and IPv6) to `lo` and loads the nft
    ruleset (nft.py) that redirects all TCP and DNS to the gateway and drops the rest;
+   mounts the home view (home.py): an overlay whose writes die with the session, the
+   secret paths masked, the workspace put back on top;
 2. creates the gateway's listening sockets in this network namespace and hands their
    file descriptors to corridor over the control socket (SCM_RIGHTS), then closes its
    copies: only the gateway, outside, can accept on them;
@@ -33,6 +35,8 @@ import subprocess
 import sys
 
 CLONE_NEWUSER = 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC = 1, 2, 4, 4096, 8192, 16384
+STAGING = "/run/.corridor"  # on bwrap's private /run tmpfs
 LISTEN_BACKLOG = 1024  # the gateway accepts in a loop; a burst of connects must not be refused
 EXIT_SETUP_FAILED = 125  # like env(1)/chroot(1): the wrapper failed, not the command
 EXIT_NOT_FOUND = 127
@@ -72,6 +76,48 @@ def setup_network(cfg: dict) -> None:
     run([nft, "-f", "-"], stdin=cfg["nft_rules"])
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> str | None:
+    """mount(2); None on success, else the error text."""
+    rc = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                     flags, data.encode() if data else None)
+    return None if rc == 0 else os.strerror(ctypes.get_errno())
+
+
+def setup_home(cfg: dict) -> None:
+    """Overlay the home (writes are thrown away), mask the secrets, keep the workspace."""
+    home = cfg["home"]
+    if not home or not os.path.isdir(home):
+        return
+    ws = cfg["workspace_in_home"]
+    os.makedirs(f"{STAGING}/upper", mode=0o755)
+    os.makedirs(f"{STAGING}/work", mode=0o700)
+    if ws:
+        os.makedirs(f"{STAGING}/ws")
+        err = mount(ws, f"{STAGING}/ws", None, MS_BIND | MS_REC, None)
+        if err:
+            fail(f"sandbox setup: cannot stage the workspace: {err}")
+    opts = f"lowerdir={home},upperdir={STAGING}/upper,workdir={STAGING}/work"
+    if mount("overlay", home, "overlay", MS_NOSUID | MS_NODEV, opts) is not None:
+        # No overlay here (old kernel, or refused): the home stays read-only as bwrap left
+        # it, and caches tools must write to start empty.
+        for path in cfg["scratch"]:
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for path, is_dir in cfg["masks"]:
+        if is_dir:
+            err = mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700,size=4k")
+        else:
+            err = mount("/dev/null", path, None, MS_BIND, None)
+        if err:
+            fail(f"sandbox setup: cannot mask {path}: {err}")
+    if ws:
+        err = mount(f"{STAGING}/ws", ws, None, MS_MOVE, None)
+        if err:
+            fail(f"sandbox setup: cannot mount the workspace: {err}")
+
+
 def listener(kind: int, port: int) -> socket.socket:
     # Dual-stack on the unspecified address: redirected IPv4 arrives at 127.0.0.1 and
     # IPv6 at ::1; nothing else can reach this namespace.
@@ -99,8 +145,7 @@ def hand_over_listeners(ctl: socket.socket, ports: dict) -> None:
 
 def become_user(uid: int, gid: int) -> None:
     """Map the invoking user's uid/gid to our uid 0 in a nested user namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWUSER) != 0:
+    if _libc.unshare(CLONE_NEWUSER) != 0:
         fail(f"cannot create user namespace: {os.strerror(ctypes.get_errno())}")
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
@@ -180,6 +225,7 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     ctl = socket.socket(fileno=cfg["ctl_fd"])
     setup_network(cfg)
+    setup_home(cfg)
     hand_over_listeners(ctl, cfg["ports"])
     if ctl.recv(2) != b"go":
         fail("gateway did not start; command not run")
@@ -205,10 +251,9 @@ def _drop_caps() -> None:
             ("inheritable", ctypes.c_uint32),
         ]
 
-    libc = ctypes.CDLL(None, use_errno=True)
     header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (Data * 2)()
-    if libc.capset(ctypes.byref(header), data) != 0:
+    if _libc.capset(ctypes.byref(header), data) != 0:
         fail(f"cannot drop capabilities: {os.strerror(ctypes.get_errno())}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from corridor.errors import UserError
 from corridor.sandbox.bwrap import SandboxSpec, bwrap_argv
+from corridor.sandbox.home import home_masks, scratch_dirs
 from corridor.sandbox.nft import SANDBOX_V6_LOCAL, Ports, ruleset
 
 # Where the system tools live even when the user's PATH lacks the sbin directories.
@@ -135,6 +136,10 @@ def start_sandbox(
         "uid": os.getuid(),
         "gid": os.getgid(),
         "command": command,
+        "home": str(spec.home) if spec.home.is_dir() else None,
+        "workspace_in_home": str(spec.workspace) if spec.workspace.is_relative_to(spec.home) else None,
+        "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home))],
+        "scratch": scratch_dirs(str(spec.home)),
     }
     # The init uses only the standard library: its source goes on the command line (the
     # sandbox may not see where corridor is installed, e.g. under the host's /tmp), run by
