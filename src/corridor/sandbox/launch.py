@@ -125,6 +125,7 @@ def start_sandbox(
 ) -> Sandbox:
     """Spawn bwrap + init; return once the listeners have been handed over."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    in_home = spec.workspace.is_relative_to(spec.home)
     cfg = {
         "ctl_fd": child.fileno(),
         "ip": tools.ip,
@@ -137,7 +138,7 @@ def start_sandbox(
         "gid": os.getgid(),
         "command": command,
         "home": str(spec.home) if spec.home.is_dir() else None,
-        "workspace_in_home": str(spec.workspace) if spec.workspace.is_relative_to(spec.home) else None,
+        "workspace_in_home": str(spec.workspace) if in_home else None,
         "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home))],
         "scratch": scratch_dirs(str(spec.home)),
     }
