@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script path: make `tests.lab` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.lab.config import (
+    PACKAGE_SITES,
     READY_LINE,
     SYNC_COMMAND,
     SYNC_REPLY,
@@ -34,6 +35,7 @@ from tests.lab.records import CATCHALL_LOG, DNS_LOG, HTTP_LOG, JsonlWriter
 from tests.lab.world_catchall import CatchAll, nft_ruleset
 from tests.lab.world_dns import UdpDns, tcp_dns_handler
 from tests.lab.world_http import HttpServer, tls_context
+from tests.lab.world_pkg import PackageServer, site_for
 
 # A packet sent just before `sync` may still sit in a softirq backlog or a ready list of
 # the event loop; this pause lets it reach its handler before the reply goes out.
@@ -100,13 +102,15 @@ async def serve(config: WorldConfig) -> None:
         "https": HttpServer(http_log, "https").handle,
         "echo": echo,
     }
+    for site in PACKAGE_SITES:
+        handlers[site] = PackageServer(http_log, "https", site_for(site)).handle
     servers = await catchall.start()
     for service in services:
         sock = bind_service_socket(service)
         if service.proto == "udp":
             await loop.create_datagram_endpoint(lambda: UdpDns(config.hosts, dns_log), sock=sock)
             continue
-        ssl_ctx = tls if service.kind == "https" else None
+        ssl_ctx = tls if service.kind in ("https", *PACKAGE_SITES) else None
         servers.append(await asyncio.start_server(handlers[service.kind], sock=sock, ssl=ssl_ctx))
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

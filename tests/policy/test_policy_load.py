@@ -344,9 +344,9 @@ def test_unreadable_files(here: Path) -> None:
 
 EXTENDS_ERRORS: dict[str, tuple[dict[str, str], str, str]] = {
     "unknown template": (
-        {"policy.yaml": "version: 1\nextends: [python-deps]\n"},
-        "policy.yaml:2:11: extends[0]: unknown template 'python-deps'",
-        "built-in templates are not available yet; to extend a file, give its path ending in .yaml",
+        {"policy.yaml": "version: 1\nextends: [pyhton-deps]\n"},
+        "policy.yaml:2:11: extends[0]: unknown template 'pyhton-deps'",
+        "did you mean the template 'python-deps'? (`corridor policy list` shows all)",
     ),
     "missing file": (
         {

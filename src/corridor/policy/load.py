@@ -32,6 +32,7 @@ from corridor.policy.model import (
     Policy,
     Rule,
 )
+from corridor.policy.templates import is_template, resolve_template, template_names
 
 MAX_POLICY_BYTES = 1024 * 1024  # policies are written by hand; a bigger file is a mistake
 MAX_YAML_NODES = 100_000  # stops alias "billion laughs" expansion long before memory hurts
@@ -333,23 +334,58 @@ def _with_origins(doc: _Document, policy: Policy) -> Policy:
 # --------------------------------------------------------------------------- loading
 
 
-def load_policy(path: Path) -> Policy:
+def load_policy(path: Path, notes: list[str] | None = None) -> Policy:
     """Read a policy file and the files it extends; raise PolicyError on any problem.
 
-    Files named in `extends:` are relative to the file naming them, and are merged in
-    order before the file itself: allow and deny lists are concatenated, and `mode` and
-    each limit come from the last file that sets them.
+    Entries of `extends:` are built-in template names (a bare name that is a template
+    always means the template; write ./NAME for a file of that name) or files relative
+    to the file naming them. They are merged in order before the file itself: allow and
+    deny lists are concatenated, and `mode` and each limit come from the last file that
+    sets them. What template discovery noted is appended to `notes` when given.
     """
     path = Path(path)
-    return _load(path, str(path), ())
+    return _load(path, str(path), (), [] if notes is None else notes)
 
 
-def _load(path: Path, display: str, chain: tuple[tuple[Path, str], ...]) -> Policy:
+def resolve_policy(value: str, notes: list[str] | None = None) -> Policy:
+    """The policy `--policy NAME|FILE` names: a built-in template, or a policy file.
+
+    A template name wins over a file of the same name in the current directory (a
+    repository cannot replace a template the user asked for); ./NAME reads the file.
+    """
+    if is_template(value):
+        resolved = resolve_template(value)
+        if notes is not None:
+            notes += resolved.notes
+        return resolved.policy.model_copy(update={"extends": [value]})
+    path = Path(value)
+    if not path.exists() and "/" not in value and not value.endswith(TEMPLATE_SUFFIXES):
+        raise PolicyError(
+            f"{value}: no such template or file", _template_hint(value, "give a file path")
+        )
+    return load_policy(path, notes)
+
+
+def _template_hint(name: str, otherwise: str) -> str:
+    close = difflib.get_close_matches(name, template_names(), n=1)
+    if close:
+        return f"did you mean the template {close[0]!r}? (`corridor policy list` shows all)"
+    return f"templates: {', '.join(template_names())}; or {otherwise}"
+
+
+def _load(
+    path: Path, display: str, chain: tuple[tuple[Path, str], ...], notes: list[str]
+) -> Policy:
     doc = _parse_yaml(_read(path, display), display)
     own = _validate(doc)
     here = (path.resolve(), display)
     layers: list[Policy] = []
     for index, entry in enumerate(own.extends):
+        if is_template(entry):
+            template = resolve_template(entry)
+            notes += [note for note in template.notes if note not in notes]
+            layers.append(template.policy)
+            continue
         child, child_display = _extends_target(doc, index, entry, path, display)
         seen = [resolved for resolved, _ in (*chain, here)]
         if (resolved := child.resolve()) in seen:
@@ -363,7 +399,7 @@ def _load(path: Path, display: str, chain: tuple[tuple[Path, str], ...]) -> Poli
             raise doc.fail(
                 ("extends", index), f"extends nested deeper than {MAX_EXTENDS_DEPTH}", None
             )
-        layers.append(_load(child, child_display, (*chain, here)))
+        layers.append(_load(child, child_display, (*chain, here), notes))
     merged = merge_policies([*layers, own])
     return merged.model_copy(update={"extends": list(own.extends)})
 
@@ -380,8 +416,7 @@ def _extends_target(
         raise doc.fail(
             loc,
             f"unknown template {entry!r}",
-            "built-in templates are not available yet; to extend a file, give its path "
-            "ending in .yaml",
+            _template_hint(entry, "to extend a file, give its path ending in .yaml"),
         )
     if child.exists():
         raise doc.fail(loc, f"{child_display} is not a file", None)

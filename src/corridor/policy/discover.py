@@ -1,0 +1,1023 @@
+"""Package registries, discovered at run time from the package managers' own configuration.
+
+No registry host is written in corridor: the `python-deps`, `node-deps`, `rust-deps` and
+`go-deps` templates ask the tools on this machine what they would use (their config files,
+their environment, and where nothing is configured their own defaults, as they report
+them). A company mirror is therefore followed automatically.
+
+Layout: the parsers (INI, .npmrc, YAML and TOML config, GOPROXY lists, URLs) are pure and
+take text or data; `HostContext` is the one place that reads files, the environment and
+PATH; `_ask` is the one place that runs a tool. Discovery never fails a run: a tool that
+is missing, slow or broken contributes nothing, and a note says so.
+
+Tools are run outside the sandbox, so they are run where no project can steer them: in an
+empty temporary directory (a repository's own .npmrc, .yarnrc.yml or package.json
+`packageManager` cannot make them execute or download anything), `python -I`, corepack
+without network, `GOTOOLCHAIN=local`. Project configuration is read by the parsers here.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
+from corridor.policy.model import Rule
+
+# A tool answers in 0.1-0.3 s; one that takes longer is hung or prompting, and a policy
+# must not wait on it: it is treated as absent (and a note says so).
+DISCOVERY_TIMEOUT_S = 2.0
+# Configuration files are small; a bigger one is not configuration and is not parsed.
+MAX_CONFIG_BYTES = 256 * 1024
+# How far up from the working directory project configuration is looked for.
+MAX_PROJECT_DEPTH = 64
+
+ECOSYSTEMS = ("python", "node", "rust", "go")
+DEFAULT_URL_PORTS = {"https": 443, "http": 80}
+# Cargo writes the kind of a source before its URL ("sparse+https://...").
+_URL_KIND_PREFIXES = ("sparse+", "registry+", "git+")
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One URL a package manager fetches from, and where that was found.
+
+    `url` may carry credentials (user:token@): it is never shown, only `where` is.
+    """
+
+    url: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What one ecosystem's tools use: the URLs found, and notes for `policy show`."""
+
+    ecosystem: str
+    sources: tuple[Source, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class NoEndpoint(ValueError):
+    """A configured location that needs no rule; `local` when it is on this machine."""
+
+    def __init__(self, reason: str, *, local: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.local = local
+
+
+# ------------------------------------------------------------------- URLs -> rules (pure)
+
+
+def url_endpoint(url: str) -> tuple[str, int]:
+    """The host (or address) and port a package URL is fetched from.
+
+    Raises `NoEndpoint` for a local path or `file://` URL (local=True) and for anything
+    that is not an http(s) URL with a host.
+    """
+    text = url.strip()
+    for prefix in _URL_KIND_PREFIXES:
+        text = text.removeprefix(prefix)
+    if "://" not in text:
+        raise NoEndpoint("a local path, no network", local=True)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        raise NoEndpoint("a file:// URL, no network", local=True)
+    if scheme not in DEFAULT_URL_PORTS:
+        raise NoEndpoint(f"{scheme}:// URLs are not fetched over HTTP")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise NoEndpoint("not a valid URL (bad port)") from None
+    if not host:
+        raise NoEndpoint("no host in the URL")
+    return host, port if port is not None else DEFAULT_URL_PORTS[scheme]
+
+
+def rules_from_sources(template: str, sources: Iterable[Source]) -> tuple[list[Rule], list[str]]:
+    """One allow rule per (host, port) the sources reach, origins merged; plus notes.
+
+    Each rule's origin reads "TEMPLATE: WHERE" (several joined by "; "). Local sources
+    give a note instead of a rule; unusable ones a note saying why they were skipped.
+    """
+    found: dict[tuple[str, int], list[str]] = {}
+    notes: list[str] = []
+    for source in sources:
+        try:
+            host, port = url_endpoint(source.url)
+            target = _rule_target(host)
+        except NoEndpoint as e:
+            verdict = "no rule" if e.local else "skipped"
+            notes.append(f"{template}: {source.where}: {e.reason}: {verdict}")
+            continue
+        origins = found.setdefault((target, port), [])
+        if source.where not in origins:
+            origins.append(source.where)
+    rules = [
+        _rule(target, port, f"{template}: " + "; ".join(wheres))
+        for (target, port), wheres in found.items()
+    ]
+    return rules, notes
+
+
+def _networked(url: str) -> bool:
+    try:
+        url_endpoint(url)
+    except NoEndpoint:
+        return False
+    return True
+
+
+def _rule_target(host: str) -> str:
+    """A normalised name, or an address as "ADDR/LEN"; raises NoEndpoint if neither."""
+    address = parse_ip_literal(host)
+    if address is not None:
+        return str(ipaddress.ip_network(address))
+    try:
+        return normalize_host(host)
+    except InvalidHost as e:
+        raise NoEndpoint(f"the host is not a valid name ({e.reason})") from None
+
+
+def _rule(target: str, port: int, origin: str) -> Rule:
+    if "/" in target:
+        return Rule(cidr=ipaddress.ip_network(target), ports=[port], origin=origin)
+    return Rule(host=target, ports=[port], origin=origin)
+
+
+def _split_words(value: str) -> list[str]:
+    return value.split()
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in _TRUE_WORDS
+
+
+# ----------------------------------------------------------------------- pip (pure)
+
+PIP_URL_KEYS = ("index-url", "extra-index-url", "find-links")
+# Sections pip reads for the commands that fetch packages; "global" applies to all.
+PIP_COMMAND_SECTIONS = ("install", "download", "wheel", "index", "lock")
+
+
+def parse_pip_config(text: str) -> dict[tuple[str, str], str]:
+    """A pip config file as {(section, key): value}, keys normalised as pip does.
+
+    Raises ValueError when the file is not INI.
+    """
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read_string(text)
+    except configparser.Error as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+    out: dict[tuple[str, str], str] = {}
+    for section in parser.sections():
+        for key, value in parser.items(section):
+            out[(section.lower(), _pip_key(key))] = value
+    return out
+
+
+def _pip_key(key: str) -> str:
+    # pip's own rule: case and "_" vs "-" do not matter, a leading "--" is dropped.
+    return key.lower().replace("_", "-").removeprefix("--")
+
+
+def pip_config_files(
+    reported: Mapping[str, Sequence[str]], env: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """The files pip loads, lowest precedence first, as (variant, path).
+
+    `reported` is pip's own `get_configuration_files()` (global, user, site). Like pip:
+    PIP_CONFIG_FILE set to the null device loads nothing; an existing PIP_CONFIG_FILE
+    replaces the user files and is loaded last.
+    """
+    env_file = env.get("PIP_CONFIG_FILE")
+    if env_file == os.devnull:
+        return []
+    out = [("global", p) for p in reported.get("global", ())]
+    if not (env_file and os.path.exists(env_file)):
+        out += [("user", p) for p in reported.get("user", ())]
+    out += [("site", p) for p in reported.get("site", ())]
+    if env_file:
+        out.append(("env", env_file))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PipSettings:
+    """The URLs pip is configured with and whether some command still uses pip's default."""
+
+    sources: tuple[Source, ...]
+    uses_default: bool
+
+
+def pip_settings(
+    files: Sequence[tuple[str, Mapping[tuple[str, str], str]]], env: Mapping[str, str]
+) -> PipSettings:
+    """Resolve pip's URL settings like pip: later files win, a command's section beats
+    [global], PIP_* variables beat files. `files` holds (path, parsed file) in load order.
+    """
+    settled: dict[tuple[str, str], tuple[str, str]] = {}  # (section, key) -> (value, where)
+    for path, values in files:
+        for (section, key), value in values.items():
+            if key in (*PIP_URL_KEYS, "no-index"):
+                settled[(section, key)] = (value, f"pip config {section}.{key} ({path})")
+    sources: list[Source] = []
+    uses_default = False
+    for command in PIP_COMMAND_SECTIONS:
+
+        def setting(key: str, command: str = command) -> tuple[str, str] | None:
+            var = "PIP_" + key.upper().replace("-", "_")
+            if var in env:
+                return env[var], f"{var} environment variable"
+            return settled.get((command, key)) or settled.get(("global", key))
+
+        no_index = setting("no-index")
+        indexes_off = no_index is not None and _is_true(no_index[0])
+        for key in PIP_URL_KEYS:
+            found = setting(key)
+            if found is None or (indexes_off and key != "find-links"):
+                continue
+            value, where = found
+            urls = [value.strip()] if key == "index-url" else _split_words(value)
+            sources += [Source(url, where) for url in urls if url]
+        if not indexes_off and setting("index-url") is None:
+            uses_default = True
+    return PipSettings(tuple(dict.fromkeys(sources)), uses_default)
+
+
+# ------------------------------------------------------------------------ uv (pure)
+
+
+def uv_sources(data: Mapping[str, Any], where: str) -> tuple[list[Source], bool]:
+    """Index URLs in a uv.toml (or a pyproject's [tool.uv]) table; True if it sets the default.
+
+    Reads `index-url`, `extra-index-url`, `find-links`, `[[index]]` (url, default) and
+    the same keys under `[pip]`.
+    """
+    sources: list[Source] = []
+    sets_default = False
+    for table, prefix in ((data, ""), (_table(data.get("pip")), "pip.")):
+        url = table.get("index-url")
+        if isinstance(url, str):
+            sources.append(Source(url, f"uv {where} {prefix}index-url"))
+            sets_default = True
+        for key in ("extra-index-url", "find-links"):
+            values = table.get(key)
+            for value in values if isinstance(values, list) else []:
+                if isinstance(value, str):
+                    sources.append(Source(value, f"uv {where} {prefix}{key}"))
+    indexes = data.get("index")
+    for i, index in enumerate(indexes if isinstance(indexes, list) else []):
+        if isinstance(index, dict) and isinstance(index.get("url"), str):
+            sources.append(Source(index["url"], f"uv {where} index[{i}]"))
+            sets_default = sets_default or index.get("default") is True
+    return sources, sets_default
+
+
+def uv_env_sources(env: Mapping[str, str]) -> tuple[list[Source], bool]:
+    """Index URLs from UV_DEFAULT_INDEX, UV_INDEX_URL, UV_INDEX, UV_EXTRA_INDEX_URL,
+    UV_FIND_LINKS; True if one of them sets the default index."""
+    sources: list[Source] = []
+    sets_default = False
+    for var in ("UV_DEFAULT_INDEX", "UV_INDEX_URL"):
+        if env.get(var, "").strip():
+            sources.append(Source(env[var].strip(), f"{var} environment variable"))
+            sets_default = True
+    for var in ("UV_INDEX", "UV_EXTRA_INDEX_URL"):
+        for word in _split_words(env.get(var, "")):
+            # UV_INDEX entries may be named: "name=https://..."
+            url = word.split("=", 1)[1] if "=" in word.split("://", 1)[0] else word
+            sources.append(Source(url, f"{var} environment variable"))
+    for url in env.get("UV_FIND_LINKS", "").split(","):
+        if url.strip():
+            sources.append(Source(url.strip(), "UV_FIND_LINKS environment variable"))
+    return sources, sets_default
+
+
+def _table(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+# --------------------------------------------------------------- npm, yarn, pnpm (pure)
+
+_NPM_REGISTRY_KEY = re.compile(r"registry|@[^\s:/]+:registry")
+_ENV_REFERENCE = re.compile(r"\$\{([^}?]+)(\?)?\}")
+
+
+def parse_npmrc(text: str, env: Mapping[str, str]) -> dict[str, str]:
+    """An .npmrc (npm's `ini` format) as {key: value}, `${VAR}` references expanded.
+
+    Keys inside a `[section]` are prefixed "section." as npm does; quotes are removed.
+    """
+    out: dict[str, str] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip() + "."
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[section + _unquote(key.strip())] = _expand(value, env)
+    return out
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    return _ENV_REFERENCE.sub(lambda m: env.get(m.group(1), ""), value)
+
+
+def npm_registries(values: Mapping[str, object]) -> dict[str, str]:
+    """The registry settings among npm config values: "registry" and "@scope:registry"."""
+    return {
+        key: value
+        for key, value in values.items()
+        if isinstance(value, str) and _NPM_REGISTRY_KEY.fullmatch(key)
+    }
+
+
+def npm_env_registries(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Registry settings from npm_config_* variables (any case): {key: (url, var)}."""
+    out: dict[str, tuple[str, str]] = {}
+    for var, value in env.items():
+        if var.lower().startswith("npm_config_"):
+            key = var[len("npm_config_") :]
+            if _NPM_REGISTRY_KEY.fullmatch(key.lower()):
+                out[key.lower()] = (value, var)
+    return out
+
+
+def yarnrc_yml_registries(text: str) -> dict[str, str]:
+    """Registries in a Yarn (berry) .yarnrc.yml: npmRegistryServer and per-scope ones.
+
+    Keys are given npm's names ("registry", "@scope:registry"). Raises ValueError for
+    text that is not YAML.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+    data = _table(data)
+    out: dict[str, str] = {}
+    if isinstance(data.get("npmRegistryServer"), str):
+        out["registry"] = data["npmRegistryServer"]
+    for scope, settings in _table(data.get("npmScopes")).items():
+        server = _table(settings).get("npmRegistryServer")
+        if isinstance(server, str):
+            out[f"@{str(scope).lstrip('@')}:registry"] = server
+    return out
+
+
+def yarnrc_classic_registries(text: str) -> dict[str, str]:
+    """Registries in a Yarn 1 .yarnrc: lines `registry "URL"` or `"@scope:registry" "URL"`."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        parts = raw.strip().split(None, 1)
+        if len(parts) == 2 and not parts[0].startswith("#"):
+            key = _unquote(parts[0])
+            if _NPM_REGISTRY_KEY.fullmatch(key):
+                out[key] = _unquote(parts[1].strip())
+    return out
+
+
+# ---------------------------------------------------------------------- cargo (pure)
+
+
+def cargo_sources(data: Mapping[str, Any], where: str) -> tuple[list[Source], bool]:
+    """Registry URLs in a cargo config; True if it replaces cargo's default registry.
+
+    Reads `[source.NAME]` (registry, git), `[registries.NAME] index` and the old
+    `[registry] index`.
+    """
+    sources: list[Source] = []
+    for name, table in _table(data.get("source")).items():
+        for key in ("registry", "git"):
+            if isinstance(_table(table).get(key), str):
+                sources.append(Source(table[key], f"cargo {where} source.{name}.{key}"))
+    for name, table in _table(data.get("registries")).items():
+        if isinstance(_table(table).get("index"), str):
+            sources.append(Source(table["index"], f"cargo {where} registries.{name}.index"))
+    legacy = _table(data.get("registry")).get("index")
+    if isinstance(legacy, str):
+        sources.append(Source(legacy, f"cargo {where} registry.index"))
+    replaced = "replace-with" in _table(_table(data.get("source")).get("crates-io"))
+    return sources, replaced
+
+
+def cargo_env_sources(env: Mapping[str, str]) -> list[Source]:
+    """Registry index URLs from CARGO_REGISTRIES_<NAME>_INDEX variables."""
+    pattern = re.compile(r"CARGO_REGISTRIES_(.+)_INDEX")
+    return [
+        Source(value, f"{var} environment variable")
+        for var, value in sorted(env.items())
+        if pattern.fullmatch(var)
+    ]
+
+
+# ------------------------------------------------------------------------- go (pure)
+
+
+def goproxy_urls(value: str) -> tuple[list[str], list[str]]:
+    """GOPROXY's proxy URLs and its keywords ("direct", "off"), in order.
+
+    Entries are separated by "," (fall back on 404/410) or "|" (fall back on any error).
+    """
+    urls: list[str] = []
+    keywords: list[str] = []
+    for entry in re.split(r"[,|]", value):
+        entry = entry.strip()
+        if entry in ("direct", "off"):
+            keywords.append(entry)
+        elif entry:
+            urls.append(entry)
+    return urls, keywords
+
+
+def gosumdb_url(value: str) -> str | None:
+    """The URL of a GOSUMDB setting ("NAME[+KEY] [URL]"), or None when it is off or empty."""
+    fields = value.split()
+    if not fields or fields[0] == "off":
+        return None
+    if len(fields) > 1:
+        return fields[1]
+    return "https://" + fields[0].split("+", 1)[0]
+
+
+def parse_goenv(text: str) -> dict[str, str]:
+    """The `go env -w` file: NAME=VALUE lines."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        name, sep, value = raw.strip().partition("=")
+        if sep and name and not name.startswith("#"):
+            out[name.strip()] = value.strip()
+    return out
+
+
+# ----------------------------------------------------------------- the edge: HostContext
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a tool printed; `problem` says why there is no usable output."""
+
+    stdout: str = ""
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """The machine as the tools see it: the environment corridor was started with, the
+    working directory, files and PATH. Hashable, so discoveries can be cached per context.
+    """
+
+    env_items: tuple[tuple[str, str], ...]
+    cwd: str
+    _env: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_env", dict(self.env_items))
+
+    @classmethod
+    def current(cls) -> HostContext:
+        """This process's environment and working directory."""
+        return cls.of(os.environ, Path.cwd())
+
+    @classmethod
+    def of(cls, env: Mapping[str, str], cwd: Path | str) -> HostContext:
+        return cls(tuple(sorted(env.items())), str(cwd))
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return self._env
+
+    @property
+    def home(self) -> Path:
+        return Path(self._env.get("HOME") or os.path.expanduser("~"))
+
+    def config_home(self) -> Path:
+        return Path(self._env.get("XDG_CONFIG_HOME") or self.home / ".config")
+
+    def which(self, name: str) -> str | None:
+        """The tool's path on this context's PATH, or None."""
+        return shutil.which(name, path=self._env.get("PATH", os.defpath))
+
+    def read(self, path: Path | str) -> tuple[str | None, str | None]:
+        """(text, None), (None, None) when there is no such file, or (None, problem)."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+        except OSError as e:
+            return None, f"cannot read {path}: {e.strerror or e}"
+        if len(data) > MAX_CONFIG_BYTES:
+            return None, f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not read"
+        return data.decode("utf-8", errors="replace"), None
+
+    def upward(self, *names: str) -> Iterator[Path]:
+        """Existing files named `names` in the working directory and each parent."""
+        here = Path(self.cwd)
+        for directory in [here, *here.parents][:MAX_PROJECT_DEPTH]:
+            for name in names:
+                candidate = directory / name
+                if candidate.is_file():
+                    yield candidate
+
+    def ask(self, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> Answer:
+        """Run a tool in an empty directory (no project can steer it), with a timeout."""
+        env = {**self._env, **(extra_env or {})}
+        with tempfile.TemporaryDirectory(prefix="corridor-discover-") as neutral:
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    cwd=neutral,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,  # so a hung tool and its children end together
+                )
+            except OSError as e:
+                return Answer(problem=f"could not be run ({e.strerror or e})")
+            try:
+                stdout, stderr = proc.communicate(timeout=DISCOVERY_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                return Answer(problem=f"did not answer within {DISCOVERY_TIMEOUT_S:g} s")
+        if proc.returncode != 0:
+            last = (stderr.strip().splitlines() or ["no message"])[-1]
+            return Answer(problem=f"failed (exit {proc.returncode}: {last[:200]})")
+        return Answer(stdout)
+
+
+class _Collector:
+    """Sources and notes gathered by one ecosystem's discovery."""
+
+    def __init__(self, ecosystem: str):
+        self.ecosystem = ecosystem
+        self.sources: list[Source] = []
+        self.notes: list[str] = []
+
+    def done(self) -> Discovery:
+        return Discovery(self.ecosystem, tuple(dict.fromkeys(self.sources)), tuple(self.notes))
+
+
+# --------------------------------------------------------------------------- python
+
+# Run by the python in use (isolated: no PYTHON* variables, no current directory on the
+# path): pip's own default index and file host, and the config files pip reads.
+_PIP_PROBE = """\
+import json, sys
+out = {"executable": sys.executable, "prefix": sys.prefix}
+try:
+    import pip
+    out["pip"] = pip.__version__
+    from pip._internal.models.index import PyPI
+    out["index"] = PyPI.simple_url
+    out["files"] = "https://" + PyPI.file_storage_domain + "/"
+    from pip._internal.configuration import get_configuration_files
+    out["config_files"] = {str(k): list(v) for k, v in get_configuration_files().items()}
+except Exception as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"""
+
+
+def _python(ctx: HostContext) -> Discovery:
+    out = _Collector("python")
+    python = ctx.which("python3") or ctx.which("python")
+    probe: dict[str, Any] = {}
+    if python is None:
+        out.notes.append("pip: no python3 on PATH: nothing discovered from pip")
+    else:
+        answer = ctx.ask([python, "-I", "-c", _PIP_PROBE])
+        probe = _json_object(answer.stdout) if answer.problem is None else {}
+        if answer.problem is not None or not probe:
+            out.notes.append(
+                f"pip: {python} {answer.problem or 'gave no answer'}: nothing discovered"
+            )
+        elif "pip" not in probe:
+            out.notes.append(f"pip: not installed for {python}: nothing discovered from it")
+            probe = {}
+    if probe:
+        _pip(ctx, probe, out)
+    _uv(ctx, probe, out)
+    return out.done()
+
+
+def _pip(ctx: HostContext, probe: Mapping[str, Any], out: _Collector) -> None:
+    reported = probe.get("config_files")
+    if not isinstance(reported, dict):
+        out.notes.append(
+            f"pip: could not ask pip for its config files ({probe.get('error')}): "
+            "reading the usual ones"
+        )
+        reported = _usual_pip_files(ctx, str(probe.get("prefix", "")))
+    files: list[tuple[str, Mapping[tuple[str, str], str]]] = []
+    for _variant, path in pip_config_files(reported, ctx.env):
+        text, problem = ctx.read(path)
+        if problem:
+            out.notes.append(f"pip: {problem}")
+        if text is None:
+            continue
+        try:
+            files.append((path, parse_pip_config(text)))
+        except ValueError as e:
+            out.notes.append(f"pip: {path} is not a valid config file ({e}): ignored")
+    settings = pip_settings(files, ctx.env)
+    out.sources += settings.sources
+    who = f"pip {probe['pip']}, {probe.get('executable')}"
+    if settings.uses_default:
+        out.sources += _defaults(probe, f"pip's default index ({who})", out, "pip")
+    if any(_networked(s.url) and s.url != probe.get("index") for s in settings.sources):
+        out.notes.append(_MIRROR_NOTE)
+
+
+def _usual_pip_files(ctx: HostContext, prefix: str) -> dict[str, list[str]]:
+    """Where pip reads its config on Linux, for a pip whose internals moved."""
+    dirs = [d for d in (ctx.env.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":") if d]
+    return {
+        "global": [f"{d}/pip/pip.conf" for d in dirs] + ["/etc/pip.conf"],
+        "user": [str(ctx.home / ".pip" / "pip.conf"), str(ctx.config_home() / "pip" / "pip.conf")],
+        "site": [f"{prefix}/pip.conf"] if prefix else [],
+    }
+
+
+_MIRROR_NOTE = (
+    "pip: a configured index may link its files on another host, which cannot be known "
+    "ahead: if downloads are refused, add that host to your policy"
+)
+
+
+def _defaults(probe: Mapping[str, Any], where: str, out: _Collector, tool: str) -> list[Source]:
+    index, files = probe.get("index"), probe.get("files")
+    if not (isinstance(index, str) and isinstance(files, str)):
+        out.notes.append(f"{tool}: pip did not report its default index ({probe.get('error')})")
+        return []
+    return [Source(index, where), Source(files, where.replace("index", "file host", 1))]
+
+
+def _uv(ctx: HostContext, probe: Mapping[str, Any], out: _Collector) -> None:
+    if ctx.which("uv") is None:
+        out.notes.append("uv: not installed: nothing discovered from it")
+        return
+    sources, sets_default = uv_env_sources(ctx.env)
+    for label, path in _uv_files(ctx):
+        text, problem = ctx.read(path)
+        if problem:
+            out.notes.append(f"uv: {problem}")
+        if text is None:
+            continue
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            out.notes.append(f"uv: {path} is not valid TOML ({e}): ignored")
+            continue
+        if path.name == "pyproject.toml":
+            data = _table(_table(data.get("tool")).get("uv"))
+        found, default = uv_sources(data, f"{label} ({path})")
+        sources += found
+        sets_default = sets_default or default
+    out.sources += sources
+    if not sets_default:
+        # uv's default index is the same as pip's; pip reports it, uv has no command for it.
+        out.sources += _defaults(probe, "uv's default index (as pip reports it)", out, "uv")
+
+
+def _uv_files(ctx: HostContext) -> list[tuple[str, Path]]:
+    """uv's config files, like uv: UV_CONFIG_FILE alone, or system, user, then project.
+
+    The project file is the nearest uv.toml, or pyproject.toml with a [tool.uv] table.
+    """
+    if _is_true(ctx.env.get("UV_NO_CONFIG")):
+        return []
+    if ctx.env.get("UV_CONFIG_FILE"):
+        return [("UV_CONFIG_FILE", Path(ctx.env["UV_CONFIG_FILE"]))]
+    dirs = ctx.env.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+    system = [Path(d) / "uv" / "uv.toml" for d in dirs.split(":") if d]
+    first_system = next((p for p in [*system, Path("/etc/uv/uv.toml")] if p.is_file()), None)
+    files = [("system config", first_system)] if first_system else []
+    files.append(("user config", ctx.config_home() / "uv" / "uv.toml"))
+    for directory in [Path(ctx.cwd), *Path(ctx.cwd).parents][:MAX_PROJECT_DEPTH]:
+        if (directory / "uv.toml").is_file():
+            files.append(("project config", directory / "uv.toml"))
+            break
+        text, _ = ctx.read(directory / "pyproject.toml")
+        if text is not None and "[tool.uv" in text:
+            files.append(("project [tool.uv]", directory / "pyproject.toml"))
+            break
+    return files
+
+
+# ----------------------------------------------------------------------------- node
+
+
+def _node(ctx: HostContext) -> Discovery:
+    out = _Collector("node")
+    project = _npm_project_dir(Path(ctx.cwd))
+    project_values = _read_npmrc(ctx, project / ".npmrc", out, "npm")
+    env_registries = npm_env_registries(ctx.env)
+    tools = [(name, ctx.which(name)) for name in ("npm", "pnpm", "yarn")]
+    asked = _ask_all(ctx, [(name, path) for name, path in tools if path is not None])
+    for name, path in tools:
+        if path is None:
+            out.notes.append(f"{name}: not installed: nothing discovered from it")
+        elif name == "yarn":
+            _yarn(ctx, asked[name], out)
+        else:
+            _npm_like(
+                ctx, name, asked[name], project / ".npmrc", project_values, env_registries, out
+            )
+    return out.done()
+
+
+def _ask_all(ctx: HostContext, tools: list[tuple[str, str]]) -> dict[str, Answer]:
+    """Ask each tool for its configuration at once (each takes 0.1-0.2 s to start)."""
+    questions = {
+        "npm": ["config", "list", "--json"],
+        "pnpm": ["config", "get", "registry"],
+        "yarn": ["config", "get", "npmRegistryServer"],
+    }
+    # corepack shims must not download a package manager from the network to answer.
+    quiet = {"COREPACK_ENABLE_NETWORK": "0", "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0"}
+    if not tools:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(tools)) as pool:
+        futures = {
+            name: pool.submit(ctx.ask, [path, *questions[name]], quiet) for name, path in tools
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _npm_project_dir(cwd: Path) -> Path:
+    """npm's project directory: the nearest directory with package.json or node_modules."""
+    for directory in [cwd, *cwd.parents][:MAX_PROJECT_DEPTH]:
+        if (directory / "package.json").is_file() or (directory / "node_modules").is_dir():
+            return directory
+    return cwd
+
+
+def _read_npmrc(ctx: HostContext, path: Path, out: _Collector, tool: str) -> dict[str, str]:
+    text, problem = ctx.read(path)
+    if problem:
+        out.notes.append(f"{tool}: {problem}")
+    return npm_registries(parse_npmrc(text, ctx.env)) if text is not None else {}
+
+
+def _npm_like(
+    ctx: HostContext,
+    tool: str,
+    answer: Answer,
+    project_file: Path,
+    project: Mapping[str, str],
+    env_registries: Mapping[str, tuple[str, str]],
+    out: _Collector,
+) -> None:
+    """npm and pnpm: the tool's own answer (env, user, global, default) + the project file."""
+    if answer.problem is not None:
+        out.notes.append(f"{tool}: {answer.problem}: nothing discovered from it")
+        return
+    if tool == "npm":
+        values = _json_object(answer.stdout)
+        effective = npm_registries(values)
+        user = values.get("userconfig")
+        global_ = values.get("globalconfig")
+        files = [Path(p) for p in (user, global_) if isinstance(p, str)]
+    else:
+        url = answer.stdout.strip()
+        effective = {"registry": url} if "://" in url else {}
+        user = _env_any_case(ctx.env, "npm_config_userconfig")
+        files = [Path(user) if user else ctx.home / ".npmrc", ctx.config_home() / "pnpm" / "rc"]
+    if not effective:
+        out.notes.append(f"{tool}: reported no registry: nothing discovered from it")
+    layered = {path: _read_npmrc(ctx, path, out, tool) for path in files}
+    for key, url in {**effective, **project}.items():
+        if key in env_registries:
+            out.sources.append(
+                Source(
+                    env_registries[key][0], f"{tool} {env_registries[key][1]} environment variable"
+                )
+            )
+        elif key in project:
+            out.sources.append(Source(project[key], f"{tool} config {key} ({project_file})"))
+        else:
+            where = next(
+                (f"{tool} config {key} ({p})" for p, v in layered.items() if v.get(key) == url),
+                None,
+            )
+            out.sources.append(Source(url, where or f"{tool}'s default {key} ({tool} config)"))
+
+
+def _env_any_case(env: Mapping[str, str], name: str) -> str | None:
+    return next((value for var, value in env.items() if var.lower() == name), None)
+
+
+def _yarn(ctx: HostContext, answer: Answer, out: _Collector) -> None:
+    """Yarn: .yarnrc.yml files (berry) or .yarnrc (classic), YARN_* variables, its default."""
+    found: dict[str, Source] = {}
+    files = [ctx.home / ".yarnrc.yml", ctx.home / ".yarnrc"]
+    files += reversed(list(ctx.upward(".yarnrc.yml", ".yarnrc")))  # nearest wins: last
+    for path in files:
+        text, problem = ctx.read(path)
+        if problem:
+            out.notes.append(f"yarn: {problem}")
+        if text is None:
+            continue
+        try:
+            parsed = (
+                yarnrc_yml_registries(text)
+                if path.name.endswith(".yml")
+                else yarnrc_classic_registries(text)
+            )
+        except ValueError as e:
+            out.notes.append(f"yarn: {path} is not valid YAML ({e}): ignored")
+            continue
+        for key, url in parsed.items():
+            found[key] = Source(url, f"yarn config {key} ({path})")
+    for var in ("YARN_NPM_REGISTRY_SERVER", "YARN_REGISTRY"):
+        if ctx.env.get(var):
+            found["registry"] = Source(ctx.env[var], f"{var} environment variable")
+    if "registry" not in found:
+        url = answer.stdout.strip()
+        if answer.problem is None and "://" in url:
+            found["registry"] = Source(url, "yarn's default registry (yarn config)")
+        else:
+            out.notes.append(f"yarn: default registry unknown ({answer.problem or 'no URL'})")
+    out.sources += found.values()
+
+
+# ----------------------------------------------------------------------------- rust
+
+
+def _rust(ctx: HostContext) -> Discovery:
+    out = _Collector("rust")
+    cargo_home = Path(ctx.env.get("CARGO_HOME") or ctx.home / ".cargo")
+    if ctx.which("cargo") is None and not (cargo_home / "bin" / "cargo").is_file():
+        out.notes.append("cargo: not installed: nothing discovered from it")
+        return out.done()
+    files = [cargo_home / "config.toml", cargo_home / "config"]
+    files += reversed(list(ctx.upward(".cargo/config.toml", ".cargo/config")))
+    replaced = False
+    for path in files:
+        text, problem = ctx.read(path)
+        if problem:
+            out.notes.append(f"cargo: {problem}")
+        if text is None:
+            continue
+        try:
+            found, replaces = cargo_sources(tomllib.loads(text), f"config ({path})")
+        except tomllib.TOMLDecodeError as e:
+            out.notes.append(f"cargo: {path} is not valid TOML ({e}): ignored")
+            continue
+        out.sources += found
+        replaced = replaced or replaces
+    out.sources += cargo_env_sources(ctx.env)
+    if not replaced:
+        out.notes.append(
+            "cargo: the default registry is not replaced, and cargo has no command that "
+            "reports it: add its index and download hosts to your policy if you need them"
+        )
+    if out.sources:
+        out.notes.append(
+            "cargo: a registry's download host is named in its index (config.json 'dl'): "
+            "if it differs from the index host, add it to your policy"
+        )
+    return out.done()
+
+
+# ------------------------------------------------------------------------------- go
+
+_GO_KEYS = ("GOPROXY", "GOSUMDB", "GOPRIVATE", "GONOPROXY", "GONOSUMDB", "GOENV", "GOVERSION")
+
+
+def _go(ctx: HostContext) -> Discovery:
+    out = _Collector("go")
+    go = ctx.which("go")
+    if go is None:
+        out.notes.append("go: not installed: nothing discovered from it")
+        return out.done()
+    # GOTOOLCHAIN=local: never download a Go toolchain just to answer.
+    answer = ctx.ask([go, "env", "-json", *_GO_KEYS], {"GOTOOLCHAIN": "local"})
+    values = _json_object(answer.stdout) if answer.problem is None else {}
+    if not values:
+        out.notes.append(f"go: {answer.problem or 'gave no answer'}: nothing discovered from it")
+        return out.done()
+    goenv_path = values.get("GOENV") or str(ctx.config_home() / "go" / "env")
+    text, _ = ctx.read(goenv_path) if goenv_path != "off" else (None, None)
+    file_values = parse_goenv(text or "")
+    version = values.get("GOVERSION", "go")
+
+    def where(name: str) -> str:
+        if name in ctx.env:
+            return f"{name} environment variable"
+        if name in file_values:
+            return f"go env {name} ({goenv_path})"
+        return f"go's default {name} ({version})"
+
+    urls, keywords = goproxy_urls(str(values.get("GOPROXY", "")))
+    out.sources += [Source(url, where("GOPROXY")) for url in urls]
+    if "direct" in keywords or values.get("GOPRIVATE") or values.get("GONOPROXY"):
+        out.notes.append(
+            "go: some modules are fetched directly from their source hosts (GOPROXY "
+            "'direct', GOPRIVATE or GONOPROXY), which cannot be known ahead: add them"
+        )
+    sumdb = gosumdb_url(str(values.get("GOSUMDB", "")))
+    if sumdb is not None:
+        out.sources.append(Source(sumdb, where("GOSUMDB")))
+    return out.done()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ------------------------------------------------------------------ entry points, cache
+
+_DISCOVERERS: dict[str, Callable[[HostContext], Discovery]] = {
+    "python": _python,
+    "node": _node,
+    "rust": _rust,
+    "go": _go,
+}
+_cache: dict[tuple[str, HostContext], Discovery] = {}
+_cache_lock = threading.Lock()
+
+
+def discover(ecosystem: str, ctx: HostContext | None = None) -> Discovery:
+    """What `ecosystem` ("python", "node", "rust", "go") fetches from, on this machine.
+
+    Cached per process and context. Never raises for anything the machine holds: a
+    missing or failing tool gives a note instead.
+    """
+    return discover_many([ecosystem], ctx)[ecosystem]
+
+
+def discover_many(
+    ecosystems: Iterable[str], ctx: HostContext | None = None
+) -> dict[str, Discovery]:
+    """`discover` for several ecosystems at once, asking their tools concurrently."""
+    ctx = ctx or HostContext.current()
+    wanted = list(dict.fromkeys(ecosystems))
+    for name in wanted:
+        if name not in _DISCOVERERS:
+            raise ValueError(f"unknown ecosystem {name!r}")
+    with _cache_lock:
+        missing = [name for name in wanted if (name, ctx) not in _cache]
+    if missing:
+        with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+            results = dict(
+                zip(missing, pool.map(lambda n: _DISCOVERERS[n](ctx), missing), strict=True)
+            )
+        with _cache_lock:
+            for name, found in results.items():
+                _cache.setdefault((name, ctx), found)
+    with _cache_lock:
+        return {name: _cache[(name, ctx)] for name in wanted}
+
+
+def clear_cache() -> None:
+    """Forget every discovery (tests, or a long-lived process whose configuration changed)."""
+    with _cache_lock:
+        _cache.clear()
