@@ -24,6 +24,9 @@ FULL = Event(
     bytes_down=2**40,
     duration_ms=12.5,
     qtype="AAAA",
+    method="GET",
+    path="/simple/",
+    status=200,
     data={"command": ["claude", "-p", "hi"], "env_dropped": ["AWS_SECRET_ACCESS_KEY"], "n": 1},
 )
 

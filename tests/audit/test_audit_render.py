@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
-from corridor.audit.events import Event, Kind
+from corridor.audit.events import FIELD_NAMES, Event, Kind
 from corridor.audit.render import (
     CONN_KEYS,
     DNS_KEYS,
     Row,
     connection_rows,
+    event_line,
     human_bytes,
     human_duration,
     render_jsonl,
@@ -168,7 +169,7 @@ def test_jsonl_session_records_carry_every_field() -> None:
     }
     assert first["ts"] == T0 and first["host"] is None and first["conn_id"] is None
     assert last["kind"] == "session_end" and last["data"] == {"exit_code": 0}
-    assert len(first) == len(last) == 16
+    assert len(first) == len(last) == len(FIELD_NAMES)
 
 
 def test_jsonl_blocked_only() -> None:
@@ -338,3 +339,57 @@ def test_human_duration(ms: float, shown: str) -> None:
 )
 def test_summary_line(events: list[Event], line: str) -> None:
     assert summary_line(events) == line
+
+
+# -- HTTP requests, packages, and one line per event ---------------------------------------
+
+URL = "https://npm-mirror.test/lodash/-/lodash-4.17.21.tgz"
+PACKAGE = Event(
+    SID, Kind.PACKAGE, T0 + 1, host="npm-mirror.test", port=443, conn_id=1,
+    data={"ecosystem": "npm", "name": "lodash", "version": "4.17.21",
+          "file": "lodash-4.17.21.tgz", "url": URL},
+)  # fmt: skip
+REQUEST = Event(
+    SID, Kind.HTTP, T0 + 0.9, decision="allow", host="npm-mirror.test", port=443, conn_id=1,
+    method="GET", path="/lodash/-/lodash-4.17.21.tgz", status=200, protocol="https",
+)  # fmt: skip
+
+
+def test_http_and_package_rows() -> None:
+    lines = jsonl(session(REQUEST, PACKAGE), blocked_only=False)
+    request, package = lines[1], lines[2]
+    assert request == {
+        "session": SID, "kind": "http", "ts": T0 + 0.9, "conn_id": 1, "protocol": "https",
+        "host": "npm-mirror.test", "port": 443, "method": "GET",
+        "path": "/lodash/-/lodash-4.17.21.tgz", "status": 200, "decision": "allow",
+        "reason": None, "rule": None,
+    }  # fmt: skip
+    assert package == {
+        "session": SID, "kind": "package", "ts": T0 + 1, "conn_id": 1,
+        "host": "npm-mirror.test", "port": 443, "ecosystem": "npm", "name": "lodash",
+        "version": "4.17.21", "file": "lodash-4.17.21.tgz", "url": URL,
+    }  # fmt: skip
+    text = table_text(session(REQUEST, PACKAGE), blocked_only=False)
+    # The destination column wraps at spaces: method, target and status on their lines.
+    assert "GET" in line_with(text, "03:15:00.900")
+    line_with(text, "npm-mirror.test:443/lodash/-/lodash-4.17.21.tgz")
+    line_with(text, "-> 200")
+    assert "npm: lodash 4.17.21" in text
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (EVENTS[0], "03:15:00.000  session_start  -  claude -p 'fix the [bold]tests[/bold]'"),
+        (EVENTS[3],
+         "03:15:00.300  dns  deny  exfil.evil.test TXT  no rule matches exfil.evil.test"),
+        (EVENTS[4], "03:15:00.400  connection  deny  evil.test:443  no rule matches evil.test"),
+        (EVENTS[7], "03:15:02.700  connection_end  -  ?  up 1.5 KiB down 5.0 MiB"),
+        (REQUEST, "03:15:00.900  http  allow  GET npm-mirror.test:443/lodash/-/lodash-4.17.21.tgz"),
+        (PACKAGE, "03:15:01.000  package  -  npm: lodash 4.17.21"),
+        (Event(SID, Kind.DNS, T0, decision="deny", host="evil\x1b[2J.test"),
+         "03:15:00.000  dns  deny  evil\\x1b[2J.test"),
+    ],
+)  # fmt: skip
+def test_event_line(event: Event, line: str) -> None:
+    assert event_line(event) == line

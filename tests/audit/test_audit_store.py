@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from corridor.audit.chain import EncodingError
 from corridor.audit.events import Event, Kind
 from corridor.audit.store import (
     DB_FILENAME,
@@ -24,6 +25,7 @@ from corridor.audit.store import (
     last_session,
     new_session_id,
     read_events,
+    recover,
     sessions,
 )
 from corridor.errors import UserError
@@ -90,8 +92,8 @@ def test_database_layout(db: Path) -> None:
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
         assert "events_by_session" in indexes
         stored = conn.execute("SELECT data FROM events").fetchone()[0]
-        # Canonical JSON: sorted keys, no spaces, non-ASCII kept as is.
-        assert stored == '{"flag":true,"nested":{"list":[1,"two",null]},"unicode":"é✓"}'
+        # Canonical JSON: sorted keys, no spaces, ASCII (read back to exactly the same value).
+        assert stored == '{"flag":true,"nested":{"list":[1,"two",null]},"unicode":"\\u00e9\\u2713"}'
     finally:
         conn.close()
 
@@ -155,50 +157,86 @@ def test_read_while_writing(db: Path) -> None:
     assert seen and seen == sorted(seen)  # readers only ever saw the log grow
 
 
-def test_close_raises_when_the_directory_cannot_exist(tmp_path: Path) -> None:
+def test_construction_fails_when_the_directory_cannot_exist(tmp_path: Path) -> None:
     # A regular file where the state directory should be: fails even for root.
     blocker = tmp_path / "state"
     blocker.write_text("not a directory")
-    writer = EventWriter(blocker / DB_FILENAME)
+    with pytest.raises(StoreError) as info:
+        EventWriter(blocker / DB_FILENAME)
+    assert info.value.message.startswith(f"cannot create the audit spool in {blocker / 'spool'}: ")
+    assert info.value.hint == f"check that {blocker} is writable (or set XDG_STATE_HOME)"
+
+
+def test_an_unusable_database_keeps_the_events_in_the_spool(db: Path) -> None:
+    db.parent.mkdir(mode=0o700)
+    db.mkdir()  # a directory where the database file should be
+    writer = EventWriter(db)
     writer.emit(conn_event("a", 1))
     writer.emit(conn_event("a", 2))
     with pytest.raises(StoreError) as info:
         writer.close()
-    assert str(info.value.message).startswith(
-        f"could not record 2 audit events in {blocker / DB_FILENAME}: "
+    assert info.value.message.startswith(f"could not store 2 audit events in {db}: ")
+    assert info.value.message.endswith(
+        f"; they are kept in {db.parent / 'spool'} for the next corridor command to import"
     )
-    assert info.value.hint == f"check that {blocker} is writable (or set XDG_STATE_HOME)"
-    assert isinstance(info.value.__cause__, OSError)
+    # Nothing was lost: once the database is usable, the next command imports them.
+    db.rmdir()
+    recovered = recover(db, None)
+    assert [(r.session, r.imported, r.sealed) for r in recovered] == [("a", 2, False)]
+    assert [e.conn_id for e in read_events(db)] == [1, 2]
+    assert list((db.parent / "spool").iterdir()) == []
 
 
-def test_flush_right_after_opening_fails_early(tmp_path: Path) -> None:
-    blocker = tmp_path / "state"
-    blocker.write_text("")
-    writer = EventWriter(blocker / DB_FILENAME)
+def test_flush_right_after_opening_fails_early(db: Path) -> None:
+    db.parent.mkdir(mode=0o700)
+    db.mkdir()
+    writer = EventWriter(db)
     with pytest.raises(StoreError, match=r"^could not open .*state/events\.db: "):
         writer.flush()
     with pytest.raises(StoreError):  # and it stays failed
         writer.close()
 
 
-def test_an_unencodable_event_is_reported_and_the_rest_written(db: Path) -> None:
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        pytest.param(
+            Event("a", Kind.SESSION_START, 2.0, data={"bad": object()}),
+            "session_start event cannot be recorded: Object of type object is not JSON "
+            "serializable",
+            id="object-in-data",
+        ),
+        pytest.param(
+            Event("a", Kind.SESSION_END, 3.0, data={"nan": float("nan")}),
+            "session_end event cannot be recorded: Out of range float values are not JSON "
+            "compliant",
+            id="nan-in-data",
+        ),
+        pytest.param(
+            Event("a", Kind.CONNECTION_END, 2.0, conn_id=1, bytes_up=2**64),
+            "bytes_up=18446744073709551616 does not fit in 64 bits",
+            id="too-large-for-sqlite",
+        ),
+        pytest.param(
+            Event("a", Kind.DNS, 2.0, host="evil\udcff.test"),
+            "host is not valid text: surrogates not allowed",
+            id="lone-surrogate",
+        ),
+        pytest.param(
+            Event("a", Kind.DNS, 2.0, host=5),  # type: ignore[arg-type]
+            "host=5 is not text",
+            id="number-as-text",
+        ),
+    ],
+)
+def test_emit_refuses_what_cannot_be_stored_exactly(db: Path, event: Event, message: str) -> None:
     writer = EventWriter(db)
     writer.emit(conn_event("a", 1))
-    writer.emit(Event("a", Kind.SESSION_START, 2.0, data={"bad": object()}))
-    writer.emit(Event("a", Kind.SESSION_END, 3.0, data={"nan": float("nan")}))
+    with pytest.raises(EncodingError) as info:
+        writer.emit(event)  # raised to the caller: the gateway must not forward
+    assert str(info.value) == message
     writer.emit(conn_event("a", 2))
-    with pytest.raises(StoreError, match=r"^could not record 2 audit events in .*: Object of"):
-        writer.close()
-    assert [e.conn_id for e in read_events(db)] == [1, 2]
-
-
-def test_a_value_sqlite_cannot_hold_costs_only_its_event(db: Path) -> None:
-    writer = EventWriter(db)
-    writer.emit(conn_event("a", 1))
-    writer.emit(Event("a", Kind.CONNECTION_END, 2.0, conn_id=1, bytes_up=2**64))
-    writer.emit(conn_event("a", 2))
-    with pytest.raises(StoreError, match=r"^could not record 1 audit event in "):
-        writer.close()
+    writer.close()  # nothing was queued that could not be written
     assert [e.conn_id for e in read_events(db)] == [1, 2]
 
 
@@ -247,10 +285,11 @@ def test_database_from_a_newer_corridor(db: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match=r"was written by a newer corridor"):
         read_events(db)
-    newer = f"{db} was written by a newer corridor (schema 2, this one knows 1)"
+    newer = f"{db} was written by a newer corridor (schema 3, this one knows 2)"
     with pytest.raises(StoreError) as info:
         write(db, FULL)
-    assert info.value.message == f"could not record 1 audit event: {newer}"
+    kept = f"; they are kept in {db.parent / 'spool'} for the next corridor command to import"
+    assert info.value.message == f"could not store 1 audit event: {newer}{kept}"
     assert info.value.hint == "upgrade corridor"
     with pytest.raises(StoreError) as info:
         EventWriter(db).close()
@@ -286,11 +325,12 @@ def test_session_ids_are_unique_and_sort_by_time() -> None:
     before = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     first = new_session_id()
     after = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", first)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", first)
     assert before <= first[:16] <= after
-    ids = {new_session_id() for _ in range(1_000)}
-    assert len(ids) == 1_000
-    earlier = "20000101T000000Z-ffffff"
+    # 200 ids in one second: the odds of a false failure are about 5 in a million.
+    ids = {new_session_id() for _ in range(200)}
+    assert len(ids) == 200
+    earlier = "20000101T000000Z-ffffffff"
     assert sorted([first, earlier]) == [earlier, first]
 
 

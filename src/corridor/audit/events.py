@@ -1,5 +1,6 @@
-"""The audit event: one record per DNS query, connection decision, connection close and
-session boundary.
+"""The audit event: one record per DNS query, connection decision, connection close,
+HTTP request, package download, credential use, exfiltration flag, session boundary and
+the signed checkpoint that closes a session.
 
 This module imports nothing of corridor's so that every part (gateway, store, review,
 exporters) can share it without import cycles. An event is a flat, frozen record; the
@@ -23,6 +24,20 @@ class Kind(StrEnum):
     DNS = "dns"
     CONNECTION = "connection"  # the decision, taken before any byte goes upstream
     CONNECTION_END = "connection_end"  # bytes and duration of an allowed connection
+    # One HTTP request seen in clear text (plain HTTP, or HTTPS under inspection): host,
+    # port, method, path (without the query), status, conn_id; protocol "http" | "https".
+    HTTP = "http"
+    # A package download recognised from a request URL (audit/packages.py): host, port,
+    # conn_id, and data {"ecosystem", "name", "version", "file", "url"}.
+    PACKAGE = "package"
+    # A credential the gateway injected: host, port, conn_id, data {"name"} (never the value).
+    CREDENTIAL = "credential"
+    # A credential placeholder seen on its way to a host it is not bound to: host, port,
+    # decision "deny", reason, data {"name"}.
+    EXFILTRATION = "exfiltration"
+    # Written by the store, never by the gateway: the session's last record, holding the
+    # record count and head hash, signed (data: see audit/keys.py).
+    CHECKPOINT = "checkpoint"
 
 
 # Decisions, as the gateway records them.
@@ -54,6 +69,9 @@ class Event:
     bytes_down: int | None = None  # upstream -> sandbox
     duration_ms: float | None = None
     qtype: str | None = None  # DNS query type, e.g. "A", "AAAA"
+    method: str | None = None  # HTTP method, when the request was seen
+    path: str | None = None  # HTTP path without the query string
+    status: int | None = None  # HTTP response status
     # Session start: command, workspace, user, uid, policy, policy_hash, env_dropped (names).
     # Session end: exit_code, signal, duration_ms, counts.
     data: Mapping[str, Any] | None = None

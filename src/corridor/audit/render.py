@@ -35,6 +35,8 @@ from corridor.audit.events import (
 
 ROW_CONN = "conn"
 ROW_DNS = "dns"
+ROW_HTTP = "http"
+ROW_PACKAGE = "package"
 # JSON-lines keys per row kind: every key is always present (null when unknown), in this
 # order, so `jq` filters and column-based tools see one shape per kind.
 CONN_KEYS = (
@@ -45,6 +47,15 @@ DNS_KEYS = (
     "session", "kind", "ts", "protocol", "name", "qtype", "address",
     "decision", "reason", "rule",
 )  # fmt: skip
+HTTP_KEYS = (
+    "session", "kind", "ts", "conn_id", "protocol", "host", "port", "method", "path",
+    "status", "decision", "reason", "rule",
+)  # fmt: skip
+PACKAGE_KEYS = (
+    "session", "kind", "ts", "conn_id", "host", "port", "ecosystem", "name", "version",
+    "file", "url",
+)  # fmt: skip
+_PACKAGE_FIELDS = ("ecosystem", "name", "version", "file", "url")
 
 DECISION_STYLES = {ALLOW: "green", DENY: "bold red", WOULD_DENY: "bold yellow"}
 ROW_STYLES = {DENY: "red", WOULD_DENY: "yellow"}
@@ -72,6 +83,10 @@ class Row:
     bytes_down: int | None = None
     duration_ms: float | None = None
     closed: bool = False  # a CONNECTION_END was recorded for this connection
+    method: str | None = None  # HTTP rows
+    path: str | None = None
+    status: int | None = None
+    package: tuple[tuple[str, Any], ...] = ()  # package rows: ecosystem, name, version, ...
 
     @property
     def blocked(self) -> bool:
@@ -84,16 +99,29 @@ class Row:
             values = {name: getattr(self, name) for name in DNS_KEYS if name != "name"}
             values["name"] = self.host
             return {name: values[name] for name in DNS_KEYS}
+        if self.kind == ROW_HTTP:
+            return {name: getattr(self, name) for name in HTTP_KEYS}
+        if self.kind == ROW_PACKAGE:
+            package = dict(self.package)
+            return {
+                name: package.get(name) if name in _PACKAGE_FIELDS else getattr(self, name)
+                for name in PACKAGE_KEYS
+            }
         return {name: getattr(self, name) for name in CONN_KEYS}
 
 
 def connection_rows(events: Iterable[Event]) -> list[Row]:
-    """DNS queries and connections as rows in time order; session boundaries are not rows."""
+    """DNS queries, connections, HTTP requests and package downloads as rows in time order;
+    session boundaries and checkpoints are not rows."""
     rows: list[Row] = []
     open_rows: dict[tuple[str, int], int] = {}  # (session, conn_id) -> index in rows
     for event in events:
         if event.kind is Kind.DNS:
             rows.append(_dns_row(event))
+        elif event.kind is Kind.HTTP:
+            rows.append(_http_row(event))
+        elif event.kind is Kind.PACKAGE:
+            rows.append(_package_row(event))
         elif event.kind is Kind.CONNECTION:
             if event.conn_id is not None:
                 open_rows[(event.session, event.conn_id)] = len(rows)
@@ -115,6 +143,24 @@ def _dns_row(event: Event) -> Row:
         session=event.session, kind=ROW_DNS, ts=event.ts, decision=event.decision,
         reason=event.reason, rule=event.rule, protocol=event.protocol, host=event.host,
         address=event.address, qtype=event.qtype,
+    )  # fmt: skip
+
+
+def _http_row(event: Event) -> Row:
+    return Row(
+        session=event.session, kind=ROW_HTTP, ts=event.ts, decision=event.decision,
+        reason=event.reason, rule=event.rule, protocol=event.protocol, host=event.host,
+        port=event.port, address=event.address, conn_id=event.conn_id, method=event.method,
+        path=event.path, status=event.status,
+    )  # fmt: skip
+
+
+def _package_row(event: Event) -> Row:
+    data = event.data or {}
+    package = tuple((name, data.get(name)) for name in _PACKAGE_FIELDS)
+    return Row(
+        session=event.session, kind=ROW_PACKAGE, ts=event.ts, host=event.host, port=event.port,
+        conn_id=event.conn_id, package=package,
     )  # fmt: skip
 
 
@@ -218,6 +264,16 @@ def _cells(row: Row) -> list[Text]:
     if row.kind == ROW_DNS:
         destination = f"{row.host or UNKNOWN} {row.qtype or ''}".rstrip()
         traffic = ["", "", ""]
+    elif row.kind == ROW_HTTP:
+        status = "" if row.status is None else f" -> {row.status}"
+        destination = f"{row.method or UNKNOWN} {_destination(row)}{row.path or ''}{status}"
+        traffic = ["", "", ""]
+    elif row.kind == ROW_PACKAGE:
+        package = dict(row.package)
+        version = f" {package['version']}" if package.get("version") else ""
+        destination = f"{package.get('ecosystem')}: {package.get('name')}{version}"
+        decision = ""
+        traffic = ["", "", ""]
     else:
         destination = _destination(row)
         traffic = _traffic(row)
@@ -294,6 +350,42 @@ def _printable(text: str) -> str:
 
 def _first(events: Iterable[Event], kind: Kind) -> Event | None:
     return next((event for event in events if event.kind is kind), None)
+
+
+# -- one line per event (corridor log --follow) ------------------------------------------
+
+
+def event_line(event: Event) -> str:
+    """One event as one plain line: time, kind, decision, destination, reason."""
+    parts = [_time(event.ts), event.kind.value, event.decision or "-"]
+    if event.kind is Kind.DNS:
+        parts.append(f"{event.host or UNKNOWN} {event.qtype or ''}".rstrip())
+    elif event.kind is Kind.PACKAGE:
+        data = event.data or {}
+        parts.append(f"{data.get('ecosystem')}: {data.get('name')} {data.get('version') or ''}")
+    elif event.kind in (Kind.SESSION_START, Kind.SESSION_END, Kind.CHECKPOINT):
+        parts.append(_boundary_text(event))
+    else:
+        host = event.host or event.address or UNKNOWN
+        target = f"{host}:{event.port}" if event.port is not None else host
+        if event.method:
+            target = f"{event.method} {target}{event.path or ''}"
+        parts.append(target)
+    if event.kind is Kind.CONNECTION_END:
+        up, down = event.bytes_up or 0, event.bytes_down or 0
+        parts.append(f"up {human_bytes(up)} down {human_bytes(down)}")
+    if event.reason:
+        parts.append(event.reason)
+    return _printable("  ".join(p.strip() for p in parts))
+
+
+def _boundary_text(event: Event) -> str:
+    data = event.data or {}
+    if event.kind is Kind.SESSION_START:
+        return format_command(data.get("command")) or ""
+    if event.kind is Kind.SESSION_END:
+        return f"exit {data.get('exit_code')}"
+    return f"{data.get('count')} records signed by {data.get('key')}"
 
 
 # -- JSON lines ---------------------------------------------------------------------------
