@@ -39,20 +39,34 @@ HTTP_PORT = 80
 HTTPS_PORT = 443
 DNS_PORT = 53
 ECHO_PORTS = (7, 5432)  # the classic echo port, and a "database-like" one
+# Package registries the world can serve on a name's HTTPS port (tests/lab/world_pkg.py).
+PACKAGE_SITES = ("pypi", "npm")
 
 # Where the world must never be: the product's synthetic ranges (a lab address there would
 # hide a leak behind a product answer), the lab link itself (it would be reached on the
 # link, not routed to the world), and loopback.
-FORBIDDEN_NETWORKS = tuple(
-    ipaddress.ip_network(n, strict=False)
-    for n in (
-        "198.18.0.0/15",
-        "fd63:6f72:7269:646f::/64",
-        f"{LAB_V4}/{LINK_V4_PREFIX}",
-        f"{LAB_V6}/{LINK_V6_PREFIX}",
-        "127.0.0.0/8",
-        "::1/128",
-    )
+SYNTHETIC_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("198.18.0.0/15", "fd63:6f72:7269:646f::/64")
+)
+FORBIDDEN_NETWORKS = (
+    *SYNTHETIC_NETWORKS,
+    *(
+        ipaddress.ip_network(n, strict=False)
+        for n in (
+            f"{LAB_V4}/{LINK_V4_PREFIX}",
+            f"{LAB_V6}/{LINK_V6_PREFIX}",
+            "127.0.0.0/8",
+            "::1/128",
+        )
+    ),
+)
+
+# The ranges the world's services live in: documentation ranges, which corridor's gateway
+# refuses to dial unless told. corridor runs in the lab pass CORRIDOR_LAB_FLAGS so allowed
+# lab names may resolve there (connecting to them by number stays refused).
+LAB_SERVICE_RANGES = ("203.0.113.0/24", "2001:db8:10::/48")
+CORRIDOR_LAB_FLAGS = tuple(
+    arg for cidr in LAB_SERVICE_RANGES for arg in ("--unsafe-allow-private", cidr)
 )
 
 
@@ -61,11 +75,11 @@ def normalize_name(name: str) -> str:
     return name.rstrip(".").lower()
 
 
-def _check_address(text: str, version: int) -> None:
+def _check_address(text: str, version: int, trap: bool = False) -> None:
     addr = ipaddress.ip_address(text)
     if addr.version != version:
         raise ValueError(f"{text} is not an IPv{version} address")
-    for net in FORBIDDEN_NETWORKS:
+    for net in SYNTHETIC_NETWORKS if trap else FORBIDDEN_NETWORKS:
         if addr.version == net.version and addr in net:
             raise ValueError(f"{text} is in {net}, which the lab must not use")
 
@@ -78,10 +92,25 @@ class HostEntry:
     aaaa: tuple[str, ...] = ()
     http: bool = True  # HTTP on 80 and HTTPS on 443 on every address of the name
     echo_ports: tuple[int, ...] = ()
+    site: str | None = None  # a package registry (PACKAGE_SITES) served on HTTPS instead
+    # A trap: the world answers DNS for the name and serves nothing on its addresses,
+    # which may be where corridor must never dial (metadata, loopback, private, the lab's
+    # own address). A connection that gets there is a leak the catch-all (or a test's
+    # listener, for loopback and the lab's own address) records.
+    trap: bool = False
+    # A rebinding name: every second A query is answered with these instead of `a` (the
+    # first with `a`). They are trap addresses: never served.
+    rebind_a: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.site is not None and (self.site not in PACKAGE_SITES or not self.http):
+            raise ValueError(f"site {self.site!r} needs http and one of {PACKAGE_SITES}")
+        if self.trap and (self.http or self.echo_ports):
+            raise ValueError("a trap name serves nothing: set http=False and no echo_ports")
         for text, version in [*((t, 4) for t in self.a), *((t, 6) for t in self.aaaa)]:
-            _check_address(text, version)
+            _check_address(text, version, trap=self.trap)
+        for text in self.rebind_a:
+            _check_address(text, 4, trap=True)
         for port in self.echo_ports:
             if not 0 < port < 65536 or port == CATCHALL_PORT:
                 raise ValueError(f"echo port {port} is not usable")
@@ -98,6 +127,25 @@ DEFAULT_HOSTS: Mapping[str, HostEntry] = {
     "echo.test": HostEntry(a=("203.0.113.7",), http=False, echo_ports=ECHO_PORTS),
     "v6only.test": HostEntry(aaaa=("2001:db8:10::6",)),
     "dual.test": HostEntry(a=("203.0.113.20",), aaaa=("2001:db8:10::20",)),
+    # Names a policy may allow that resolve where the gateway must refuse to dial.
+    "metadata.test": HostEntry(a=("169.254.169.254",), http=False, trap=True),
+    "metadata6.test": HostEntry(aaaa=("fd00:ec2::254",), http=False, trap=True),
+    "loopback.test": HostEntry(a=("127.0.0.1",), aaaa=("::1",), http=False, trap=True),
+    "private.test": HostEntry(a=("10.0.0.5",), http=False, trap=True),
+    "cgnat.test": HostEntry(a=("100.100.100.200",), http=False, trap=True),
+    "nat64.test": HostEntry(aaaa=("64:ff9b::a9fe:a9fe",), http=False, trap=True),
+    "mapped.test": HostEntry(aaaa=("::ffff:10.0.0.5",), http=False, trap=True),
+    "sixtofour.test": HostEntry(aaaa=("2002:a00:5::1",), http=False, trap=True),
+    "self.test": HostEntry(a=(LAB_V4,), aaaa=(LAB_V6,), http=False, trap=True),
+    "rebind.test": HostEntry(a=("203.0.113.60",), rebind_a=("169.254.169.254",)),
+    # git:// (port 9418) answered by an echo: enough to see a git client's request arrive.
+    "git.test": HostEntry(a=("203.0.113.61",), http=False, echo_ports=(9418,)),
+    # Package registries for real pip and npm (tests/lab/world_pkg.py); pypi-files.test
+    # holds the files of a project whose index page links them there. The npm registry is
+    # dual-stack like the public ones, the Python index IPv4-only like many mirrors.
+    "pypi-mirror.test": HostEntry(a=("203.0.113.30",), site="pypi"),
+    "pypi-files.test": HostEntry(a=("203.0.113.32",), site="pypi"),
+    "npm-mirror.test": HostEntry(a=("203.0.113.31",), aaaa=("2001:db8:10::31",), site="npm"),
 }
 
 
@@ -108,7 +156,7 @@ class Service:
     proto: str  # "tcp" or "udp"
     addr: str
     port: int
-    kind: str  # "dns", "http", "https", "echo"
+    kind: str  # "dns", "http", "https", "echo", or a package site served on HTTPS
 
 
 @dataclass(frozen=True)
@@ -146,6 +194,9 @@ class WorldConfig:
                     "aaaa": list(h.aaaa),
                     "http": h.http,
                     "echo_ports": list(h.echo_ports),
+                    "site": h.site,
+                    "trap": h.trap,
+                    "rebind_a": list(h.rebind_a),
                 }
                 for name, h in self.hosts.items()
             },
@@ -161,6 +212,9 @@ class WorldConfig:
                 aaaa=tuple(h.get("aaaa", ())),
                 http=bool(h.get("http", True)),
                 echo_ports=tuple(h.get("echo_ports", ())),
+                site=h.get("site"),
+                trap=bool(h.get("trap", False)),
+                rebind_a=tuple(h.get("rebind_a", ())),
             )
             for name, h in data.pop("hosts").items()
         }
@@ -174,7 +228,9 @@ class WorldConfig:
                 found.setdefault((proto, addr, DNS_PORT), Service(proto, addr, DNS_PORT, "dns"))
         for host in self.hosts.values():
             for addr in host.addresses:
-                wanted = [(HTTP_PORT, "http"), (HTTPS_PORT, "https")] if host.http else []
+                wanted = (
+                    [(HTTP_PORT, "http"), (HTTPS_PORT, host.site or "https")] if host.http else []
+                )
                 wanted += [(port, "echo") for port in host.echo_ports]
                 for port, kind in wanted:
                     found.setdefault(("tcp", addr, port), Service("tcp", addr, port, kind))

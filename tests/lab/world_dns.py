@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,6 +26,8 @@ from tests.lab.records import JsonlWriter
 
 TTL = 60  # short, so nothing in a test run trusts an answer for long
 _RECORD_TYPES = {dns.rdatatype.A: "a", dns.rdatatype.AAAA: "aaaa"}
+# A queries answered so far per rebinding name (one world process, shared by all sockets).
+_REBIND_TURNS: Counter[str] = Counter()
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ def answer(wire: bytes, hosts: Mapping[str, HostEntry]) -> DnsAnswer:
             continue
         field = _RECORD_TYPES.get(q.rdtype)
         addresses = getattr(host, field) if field and q.rdclass == dns.rdataclass.IN else ()
+        if host.rebind_a and field == "a":
+            _REBIND_TURNS[name] += 1
+            if _REBIND_TURNS[name] % 2 == 0:  # first answer: `a`, then the rebound one
+                addresses = host.rebind_a
         if addresses:  # an existing name without this type gets an empty NOERROR (NODATA)
             response.answer.append(
                 dns.rrset.from_text_list(q.name, TTL, q.rdclass, q.rdtype, list(addresses))

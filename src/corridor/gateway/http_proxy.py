@@ -22,10 +22,11 @@ from corridor.gateway.http_target import (
     request_target,
     rewrite_origin_form,
 )
-from corridor.gateway.relay import Counters, close_quietly
+from corridor.gateway.limits import RELAY_CHUNK, LimitReached
+from corridor.gateway.relay import Counters, close_quietly, reset
 from corridor.gateway.upstream import UpstreamError, dial
 from corridor.policy import Decision, Target
-from corridor.policy.hosts import InvalidHost, normalize_host
+from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
 
 if TYPE_CHECKING:
     from corridor.gateway.server import Gateway
@@ -33,7 +34,13 @@ if TYPE_CHECKING:
 # Request heads larger than this are refused (431): h11's default, close to what nginx
 # (8 KiB per line, 32 KiB total by default) and Squid (64 KiB) accept.
 MAX_HEAD_BYTES = 64 * 1024
-READ_SIZE = 256 * 1024
+READ_SIZE = RELAY_CHUNK
+
+# After a refusal, what the client still sends is read and dropped for this long (or up
+# to this much) before the close: closing with unread bytes makes the kernel send a
+# reset, which can destroy the refusal before the client reads it (nginx lingering_close).
+LINGER_S = 1.0
+LINGER_BYTES = 1024 * 1024
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and proxy credentials never go upstream.
 HOP_BY_HOP = frozenset(
@@ -51,7 +58,7 @@ HOP_BY_HOP = frozenset(
 
 
 class _Closed(Exception):
-    """The peer went away or broke protocol; the exchange ends."""
+    """The peer went away, broke protocol or stalled; the exchange ends."""
 
 
 class HttpExchange:
@@ -80,9 +87,13 @@ class HttpExchange:
         self.protocol = "http"
         self.up: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
         self.bound: tuple[str, int] | None = None
-        self.counters = Counters()
+        self.counters = Counters(budget=gw.budget)
         self.started = time.monotonic()
         self.up_address: str | None = None
+        self.ended: str | None = None  # why the connection ended early, for connection_end
+        self.refused = False  # a refusal was sent: let the client read it before we close
+        assert gw.limits is not None
+        self.limits = gw.limits
 
     async def run(self) -> None:
         try:
@@ -90,6 +101,13 @@ class HttpExchange:
                 pass
         except _Closed:
             pass
+        except LimitReached as e:
+            self.ended = e.reason
+            host, port = self.bound if self.bound is not None else (None, 0)
+            self.gw.record_limit(self.conn_id, self.protocol, host, port, self.up_address, e)
+            reset(self.writer)
+            if self.up is not None:
+                reset(self.up[1])
         finally:
             if self.up is not None:
                 close_quietly(self.up[1])
@@ -102,17 +120,36 @@ class HttpExchange:
                     self.bound[1],
                     self.up_address,
                     self.protocol,
+                    self.ended,
                 )
+            if self.refused:
+                await _linger(self.reader, self.writer)
             close_quietly(self.writer)
 
     async def _one_request(self) -> bool:
         """Handle one request; True when the connection may carry another."""
         try:
-            ev = await _next_event(self.client, self.reader)
+            # The whole head within the head timeout: a client dripping one byte a minute
+            # (slowloris) does not hold the connection longer than one that sends nothing.
+            async with asyncio.timeout(self.limits.head_timeout_s):
+                ev = await _next_event(self.client, self.reader, None)
+        except TimeoutError:
+            self.ended = "request head timeout"
+            return False
         except h11.RemoteProtocolError as e:
             self._deny_raw(e.error_status_hint, f"malformed HTTP request: {e}")
             return False
         if not isinstance(ev, h11.Request):
+            return False
+        if head_size(ev) > MAX_HEAD_BYTES:
+            # h11 bounds only an incomplete head; one that arrives whole in a read or two
+            # is bounded here, so the cap does not depend on how the bytes were cut.
+            reason = f"request head larger than {MAX_HEAD_BYTES} bytes"
+            await self._deny(ev, None, 0, Decision(False, reason, None), status=431)
+            return False
+        smuggling = framing_problem(ev.headers)
+        if smuggling is not None:
+            await self._deny(ev, None, 0, Decision(False, smuggling, None), status=400)
             return False
         try:
             default_port = self.dest[1] if self.dest is not None else 80
@@ -154,7 +191,7 @@ class HttpExchange:
 
     def _mismatch(self, tgt: RequestTarget) -> str | None:
         try:
-            host = normalize_host(tgt.host)
+            host = _host_key(tgt.host)
         except InvalidHost as e:
             return f"invalid host name: {e}"
         if self.dest is not None:
@@ -176,21 +213,24 @@ class HttpExchange:
         if self.dest is not None:
             port = self.dest[1]
         try:
-            resolved = await self.gw.resolver.resolve(tgt.host)
+            found = await self.gw.upstream_addresses(tgt.host, port)
+            self.gw.budget.check_bytes_left()
         except UpstreamError as e:
             await self._deny(ev, tgt.host, port, Decision(False, e.reason, d.rule), status=502)
             return False
-        self.gw.record_decision(
-            self.conn_id,
-            self.protocol,
-            tgt.host,
-            port,
-            str(resolved.addresses[0]) if resolved.addresses else None,
-            d,
-        )
-        self.bound = (normalize_host(tgt.host), port)
+        except LimitReached as e:
+            await self._deny(ev, tgt.host, port, Decision(False, e.reason, e.rule))
+            return False
+        if isinstance(found, Decision):
+            await self._deny(ev, tgt.host, port, found)
+            return False
+        # The event is queued before the first packet goes upstream.
+        d = found.audit_note or d
+        addresses = found.addresses
+        self.gw.record_decision(self.conn_id, self.protocol, tgt.host, port, str(addresses[0]), d)
+        self.bound = (_host_key(tgt.host), port)
         try:
-            up_r, up_w, addr = await dial(resolved.addresses, port)
+            up_r, up_w, addr = await dial(addresses, port)
         except UpstreamError as e:
             self.up = None
             await self._send_simple(502, f"corridor: {e.reason}\n")
@@ -227,13 +267,17 @@ class HttpExchange:
             )
         )
         try:
-            await asyncio.gather(self._pump_body(uc), self._pump_response(uc, up_r))
-        except (h11.ProtocolError, ConnectionError, OSError) as e:
-            raise _Closed from e
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump_body(uc))
+                tg.create_task(self._pump_response(uc, up_r))
+        except* LimitReached as group:
+            raise group.exceptions[0] from None
+        except* (h11.ProtocolError, ConnectionError, OSError, _Closed) as group:
+            raise _Closed from group
 
     async def _pump_body(self, uc: h11.Connection) -> None:
         while True:
-            ev = await _next_event(self.client, self.reader)
+            ev = await _next_event(self.client, self.reader, self.limits.idle_timeout_s)
             if isinstance(ev, h11.Data):
                 self._write_up(uc.send(h11.Data(data=ev.data)))
                 await self.up[1].drain()  # type: ignore[index]
@@ -245,7 +289,7 @@ class HttpExchange:
 
     async def _pump_response(self, uc: h11.Connection, up_r: asyncio.StreamReader) -> None:
         while True:
-            ev = await _next_event(uc, up_r)
+            ev = await _next_event(uc, up_r, self.limits.idle_timeout_s)
             if isinstance(ev, h11.InformationalResponse):
                 if ev.status_code == 101:
                     raise _Closed  # protocol switches are not relayed in plain mode
@@ -285,7 +329,7 @@ class HttpExchange:
         return False
 
     async def _connect_leftover(self) -> bytes:
-        ev = await _next_event(self.client, self.reader)
+        ev = await _next_event(self.client, self.reader, self.limits.head_timeout_s)
         if not isinstance(ev, h11.EndOfMessage):
             raise _Closed
         data, _closed = self.client.trailing_data
@@ -294,8 +338,8 @@ class HttpExchange:
     def _write_up(self, data: bytes | None) -> None:
         if data:
             assert self.up is not None
+            self.counters.add_up(len(data))  # LimitReached before a byte over the cap leaves
             self.up[1].write(data)
-            self.counters.up += len(data)
 
     def _write_client(self, data: bytes | None) -> None:
         if data:
@@ -305,6 +349,7 @@ class HttpExchange:
     async def _deny(
         self, ev: h11.Request, host: str | None, port: int, d: Decision, status: int = 403
     ) -> None:
+        self.refused = True
         if self.up is None:
             self.gw.record_decision(self.conn_id, self.protocol, host, port, None, d)
         else:
@@ -326,6 +371,7 @@ class HttpExchange:
         await self._send_simple(status, body, extra)
 
     def _deny_raw(self, status: int, reason: str) -> None:
+        self.refused = True
         d = Decision(False, reason, None)
         self.gw.record_decision(self.conn_id, self.protocol, None, 0, None, d)
         body = f"corridor: {reason}\n".encode()
@@ -367,6 +413,43 @@ class HttpExchange:
             pass
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then drop what the client still sends for a moment (LINGER_*)."""
+    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            dropped = 0
+            while dropped < LINGER_BYTES and (chunk := await reader.read(READ_SIZE)):
+                dropped += len(chunk)
+
+
+def head_size(req: h11.Request) -> int:
+    """The size of a request head as sent (request line, header lines, blank line)."""
+    line = len(req.method) + len(req.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(n) + len(v) + 4 for n, v in req.headers) + 2
+
+
+def framing_problem(headers) -> str | None:
+    """Why a request's body framing is ambiguous (a smuggling attempt), or None.
+
+    h11 already refuses conflicting Content-Lengths and any Transfer-Encoding but a single
+    "chunked"; it accepts Content-Length together with Transfer-Encoding (RFC 9112 §6.1
+    lets a server use the latter), which a server behind us may read the other way round.
+    We refuse it, as RFC 9112 permits.
+    """
+    names = {name.lower() for name, _ in headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return "request smuggling: both Content-Length and Transfer-Encoding"
+    return None
+
+
+def _host_key(host: str) -> str:
+    """How hosts compare: normalised names; addresses in their one canonical spelling."""
+    literal = parse_ip_literal(host)
+    return str(literal) if literal is not None else normalize_host(host)
+
+
 def _kind_connection():
     from corridor.audit.events import Kind
 
@@ -386,12 +469,15 @@ def _forward_headers(headers) -> list[tuple[bytes, bytes]]:
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
 
 
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader):
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, idle_s: float | None):
+    """The next h11 event; _Closed when the peer goes away or sends nothing for `idle_s`."""
     while True:
         ev = conn.next_event()
         if ev is h11.NEED_DATA:
             try:
-                data = await reader.read(READ_SIZE)
+                data = await asyncio.wait_for(reader.read(READ_SIZE), idle_s)
+            except TimeoutError as e:
+                raise _Closed("idle timeout") from e
             except (ConnectionError, OSError) as e:
                 raise _Closed from e
             conn.receive_data(data)

@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway import dns_msg
+from corridor.gateway.addresses import UnsafeRange, check_dial, unmapped
 from corridor.gateway.http_proxy import HttpExchange
+from corridor.gateway.limits import READ_LIMIT, GatewayLimits, LimitReached, SessionBudget
 from corridor.gateway.names import NameMap
 from corridor.gateway.origdst import original_destination
-from corridor.gateway.relay import Counters, close_quietly, relay, reset
+from corridor.gateway.relay import Counters, RelayTimeouts, close_quietly, relay, reset
 from corridor.gateway.sniff import Kind as Sniffed
 from corridor.gateway.sniff import classify
 from corridor.gateway.tls_hello import ClientHelloReader, TLSParseError
-from corridor.gateway.upstream import Resolver, UpstreamError, dial
+from corridor.gateway.upstream import IPAddress, Resolver, UpstreamError, dial, is_own_address
 from corridor.policy import Decision, Policy, Target, decide, decide_dns
 from corridor.policy.hosts import InvalidHost, normalize_host
 
@@ -38,7 +40,16 @@ PEEK_TIMEOUT_S = 0.3  # server-speaks-first protocols (SSH banners, SMTP) send n
 HELLO_TIMEOUT_S = 10.0  # a client that started a TLS handshake finishes it within this
 PEEK_MAX = 64 * 1024  # a ClientHello larger than this is not one we accept
 DNS_TTL_S = 30  # short: the synthetic map lives only as long as the session
-READ_LIMIT = 256 * 1024
+UNKNOWN_SYNTHETIC = "synthetic address this session's DNS never handed out"
+NO_ADDRESS = "name resolved to no address"
+
+
+@dataclass(frozen=True, slots=True)
+class Vetted:
+    """Addresses that passed the address check, in the resolver's order."""
+
+    addresses: tuple[IPAddress, ...]
+    audit_note: Decision | None = None  # a would-deny an address drew in audit mode
 
 
 def decision_label(d: Decision) -> str:
@@ -53,19 +64,36 @@ class Stats:
     blocked: int = 0
     dns: int = 0
     dns_refused: int = 0
+    dns_dropped: int = 0  # UDP queries dropped because too many were being answered
 
 
 @dataclass
 class Gateway:
+    """The session's gateway: decide, check, dial and relay for every sandbox connection.
+
+    `unsafe` are the --unsafe-allow-private ranges (addresses allowed names may resolve
+    to); `limits` default to GatewayLimits.from_policy(policy.limits).
+    """
+
     policy: Policy
     session: str
     emit: Callable[[Event], None]
     resolver: Resolver = field(default_factory=Resolver)
     names: NameMap = field(default_factory=NameMap)
     stats: Stats = field(default_factory=Stats)
+    unsafe: tuple[UnsafeRange, ...] = ()
+    limits: GatewayLimits | None = None
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _servers: list = field(default_factory=list)
     _tasks: set = field(default_factory=set)
+    _dns_inflight: int = 0
+    _dns_overload_told: bool = False
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = GatewayLimits.from_policy(self.policy.limits)
+        self.budget = SessionBudget(self.limits)
+        self.timeouts = RelayTimeouts(self.limits.idle_timeout_s, self.limits.half_closed_timeout_s)
 
     # ---- start / stop -------------------------------------------------------------
 
@@ -80,7 +108,9 @@ class Gateway:
             await asyncio.start_server(self._on_proxy, sock=listeners["proxy"], limit=READ_LIMIT)
         )
         self._servers.append(
-            await asyncio.start_server(self._on_dns_tcp, sock=listeners["dns_tcp"])
+            await asyncio.start_server(
+                self._on_dns_tcp, sock=listeners["dns_tcp"], limit=READ_LIMIT
+            )
         )
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _DnsUdp(self), sock=listeners["dns_udp"]
@@ -157,15 +187,55 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _adopt(self) -> None:
+        """Let stop() cancel the running connection handler."""
+        task = asyncio.current_task()
+        if task:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _admit(self, conn_id: int, protocol: str, host: str | None, port: int) -> bool:
+        """Count a new sandbox connection; False (and an event) when the session is full."""
+        try:
+            self.budget.open()
+        except LimitReached as e:
+            self.record_decision(
+                conn_id, protocol, host, port, None, Decision(False, e.reason, e.rule)
+            )
+            return False
+        return True
+
+    async def upstream_addresses(self, host: str, port: int) -> Vetted | Decision:
+        """Resolve `host` once and keep the addresses the address check lets through.
+
+        Returns the addresses to dial (exactly these, by number), or the refusal of the
+        first address when none is left. Raises UpstreamError when the name does not
+        resolve.
+        """
+        resolved = await self.resolver.resolve(host)
+        kept: list[IPAddress] = []
+        refusal: Decision | None = None
+        note: Decision | None = None
+        for raw in resolved.addresses:
+            address = unmapped(raw)
+            verdict = check_dial(
+                address, port, self.policy, self.unsafe, own=is_own_address(address)
+            )
+            if verdict.allowed:
+                kept.append(address)
+                note = note or (verdict if verdict.would_deny else None)
+            elif refusal is None:
+                refusal = verdict
+        if kept:
+            return Vetted(tuple(kept), note)
+        return refusal or Decision(False, NO_ADDRESS, None)
+
     # ---- transparent ----------------------------------------------------------------
 
     async def _on_transparent(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._adopt()
         conn_id = next(self._ids)
         sock = writer.get_extra_info("socket")
         orig = original_destination(sock) if sock is not None else None
@@ -178,6 +248,30 @@ class Gateway:
             return
         address, port = orig
         mapped_name = self.names.name_for(address)
+        if not self._admit(conn_id, "tcp", mapped_name, port):
+            reset(writer)
+            return
+        try:
+            await self._transparent(conn_id, reader, writer, address, port, mapped_name)
+        finally:
+            self.budget.close()
+            close_quietly(writer)
+
+    async def _transparent(
+        self,
+        conn_id: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: IPAddress,
+        port: int,
+        mapped_name: str | None,
+    ) -> None:
+        if mapped_name is None and self.names.is_synthetic(address):
+            # Made up by the agent, not learnt from our DNS: it stands for nothing.
+            d = Decision(False, UNKNOWN_SYNTHETIC, None)
+            self.record_decision(conn_id, "tcp", None, port, str(address), d)
+            reset(writer)
+            return
         first, kind = await _sniff(reader, PEEK_TIMEOUT_S)
         if kind is Sniffed.HTTP:
             await HttpExchange(
@@ -220,78 +314,130 @@ class Gateway:
         writer: asyncio.StreamWriter,
         first: bytes,
         shown_address: str | None = None,
-        on_allowed: bytes | None = None,
     ) -> None:
-        """Decide, resolve, record, dial, then relay (the one path every tunnel takes)."""
+        """Decide, resolve, check, record, dial, then relay (the path every tunnel takes)."""
+        cleared = await self._clear(conn_id, protocol, target, writer, shown_address, http=False)
+        if cleared is not None:
+            d, addresses = cleared
+            await self._dial_and_relay(
+                conn_id, protocol, target, d, addresses, reader, writer, first
+            )
+
+    async def _clear(
+        self,
+        conn_id: int,
+        protocol: str,
+        target: Target,
+        writer: asyncio.StreamWriter,
+        shown_address: str | None,
+        *,
+        http: bool,
+    ) -> tuple[Decision, tuple[IPAddress, ...]] | None:
+        """Policy, then the addresses, then the byte budget; None once refused and told.
+
+        A refusal is recorded and answered: a 403/502 for an HTTP client (`http`), a
+        reset otherwise.
+        """
         d = self.decide(target)
         if not d.allowed:
             self.record_decision(conn_id, protocol, target.host, target.port, shown_address, d)
-            if on_allowed is not None:
-                await _send_403(writer, d)
-            else:
-                reset(writer)
-            return
+            await _tell(writer, http, d, 403)
+            return None
         dial_host = target.host or str(target.address)
         try:
-            resolved = await self.resolver.resolve(dial_host)
+            found = await self.upstream_addresses(dial_host, target.port)
+            self.budget.check_bytes_left()
         except UpstreamError as e:
-            self.record_decision(
-                conn_id,
-                protocol,
-                target.host,
-                target.port,
-                shown_address,
-                Decision(False, e.reason, d.rule),
-            )
-            await _refuse(writer, on_allowed, 502, e.reason)
-            return
+            failed = Decision(False, e.reason, d.rule)
+            self.record_decision(conn_id, protocol, target.host, target.port, shown_address, failed)
+            await _tell(writer, http, failed, 502)
+            return None
+        except LimitReached as e:
+            limited = Decision(False, e.reason, e.rule)
+            self.record_decision(conn_id, protocol, target.host, target.port, None, limited)
+            await _tell(writer, http, limited, 403)
+            return None
+        if isinstance(found, Decision):
+            self.record_decision(conn_id, protocol, target.host, target.port, shown_address, found)
+            await _tell(writer, http, found, 403)
+            return None
+        # In audit mode a deny rule on an address lets it through: record that would-deny.
+        return found.audit_note or d, found.addresses
+
+    async def _dial_and_relay(
+        self,
+        conn_id: int,
+        protocol: str,
+        target: Target,
+        d: Decision,
+        addresses: tuple[IPAddress, ...],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: bytes,
+    ) -> None:
         # The event is queued before the first packet goes upstream.
-        self.record_decision(
-            conn_id,
-            protocol,
-            target.host,
-            target.port,
-            str(resolved.addresses[0]) if resolved.addresses else None,
-            d,
-        )
+        self.record_decision(conn_id, protocol, target.host, target.port, str(addresses[0]), d)
         started = time.monotonic()
-        counters = Counters()
+        counters = Counters(budget=self.budget)
         try:
-            up_r, up_w, addr = await dial(resolved.addresses, target.port)
+            up_r, up_w, addr = await dial(addresses, target.port)
         except UpstreamError as e:
             self.record_end(
-                conn_id,
-                started,
-                counters,
-                target.host,
-                target.port,
-                None,
-                protocol,
-                reason=e.reason,
+                conn_id, started, counters, target.host, target.port, None, protocol, e.reason
             )
-            await _refuse(writer, on_allowed, 502, e.reason)
+            reset(writer)
             return
+        ended: str | None = None
         try:
-            if on_allowed is not None:
-                writer.write(on_allowed)
             if first:
+                counters.add_up(len(first))
                 up_w.write(first)
-                counters.up += len(first)
-            await relay(reader, writer, up_r, up_w, counters)
+            ended = await relay(reader, writer, up_r, up_w, counters, self.timeouts)
+        except LimitReached as e:
+            ended = e.reason
+            self.record_limit(conn_id, protocol, target.host, target.port, str(addr), e)
+            reset(writer)
+            reset(up_w)
         finally:
             self.record_end(
-                conn_id, started, counters, target.host, target.port, str(addr), protocol
+                conn_id, started, counters, target.host, target.port, str(addr), protocol, ended
             )
+
+    def record_limit(
+        self,
+        conn_id: int,
+        protocol: str,
+        host: str | None,
+        port: int,
+        address: str | None,
+        e: LimitReached,
+    ) -> None:
+        """A connection already under way was cut by a session limit: a refusal event."""
+        self.stats.blocked += 1
+        self.record(
+            Kind.CONNECTION,
+            conn_id=conn_id,
+            protocol=protocol,
+            host=host,
+            port=port,
+            address=address,
+            decision="deny",
+            reason=e.reason,
+            rule=e.rule,
+        )
 
     # ---- explicit proxy -------------------------------------------------------------
 
     async def _on_proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._adopt()
         conn_id = next(self._ids)
-        await HttpExchange(self, reader, writer, b"", conn_id, proxy=True, dest=None).run()
+        if not self._admit(conn_id, "http", None, 0):
+            await _send_503(writer, "session connection limit reached")
+            return
+        try:
+            await HttpExchange(self, reader, writer, b"", conn_id, proxy=True, dest=None).run()
+        finally:
+            self.budget.close()
 
     async def connect_tunnel(
         self,
@@ -302,12 +448,13 @@ class Gateway:
         writer: asyncio.StreamWriter,
         leftover: bytes,
     ) -> None:
-        """After an allowed CONNECT: check the SNI that follows, then relay."""
-        d = self.decide(Target(host=host, port=port))
-        if not d.allowed:
-            self.record_decision(conn_id, "connect", host, port, None, d)
-            await _send_403(writer, d)
+        """After a CONNECT: decide and check the addresses (a 403 tells the client why),
+        answer 200, check that a ClientHello that follows names the same host, relay."""
+        target = Target(host=host, port=port)
+        cleared = await self._clear(conn_id, "connect", target, writer, None, http=True)
+        if cleared is None:
             return
+        d, addresses = cleared
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
         first, kind = await _sniff(reader, PEEK_TIMEOUT_S, leftover)
@@ -332,11 +479,35 @@ class Gateway:
                 )
                 reset(writer)
                 return
-        await self._forward(
-            conn_id, protocol, Target(host=host, port=port), reader, writer, first or b""
+        await self._dial_and_relay(
+            conn_id, protocol, target, d, addresses, reader, writer, first or b""
         )
 
     # ---- DNS --------------------------------------------------------------------------
+
+    def dns_slot(self) -> bool:
+        """Take one of the in-flight UDP query slots; False (counted) when none is free."""
+        assert self.limits is not None
+        if self._dns_inflight >= self.limits.max_dns_inflight:
+            self.stats.dns_dropped += 1
+            if not self._dns_overload_told:
+                self._dns_overload_told = True  # one event per burst, not one per datagram
+                self.record(
+                    Kind.DNS,
+                    protocol="dns-udp",
+                    decision="deny",
+                    reason=f"more than {self.limits.max_dns_inflight} queries in flight; "
+                    "queries dropped",
+                    rule="limits.max_dns_inflight",
+                )
+            return False
+        self._dns_inflight += 1
+        return True
+
+    def dns_done(self) -> None:
+        self._dns_inflight -= 1
+        if self._dns_inflight == 0:
+            self._dns_overload_told = False
 
     async def answer_dns(self, wire: bytes, transport: str) -> bytes | None:
         tcp = transport == "dns-tcp"
@@ -397,10 +568,25 @@ class Gateway:
         return dns_msg.answer(q, answers, DNS_TTL_S, tcp=tcp)
 
     async def _on_dns_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._adopt()
+        conn_id = next(self._ids)
+        if not self._admit(conn_id, "dns-tcp", None, 53):
+            reset(writer)
+            return
+        try:
+            await self._dns_tcp(reader, writer)
+        finally:
+            self.budget.close()
+
+    async def _dns_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.limits is not None
         buf = dns_msg.TcpDnsReader()
         try:
             while True:
-                data = await reader.read(4096)
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), self.limits.dns_tcp_idle_s)
+                except TimeoutError:
+                    break
                 if not data:
                     break
                 for wire in buf.feed(data):
@@ -423,10 +609,15 @@ class _DnsUdp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if not self.gateway.dns_slot():
+            return  # dropped, as an overloaded resolver does: the client retries
         self.gateway._track(self._answer(data, addr))
 
     async def _answer(self, data: bytes, addr) -> None:
-        reply = await self.gateway.answer_dns(data, "dns-udp")
+        try:
+            reply = await self.gateway.answer_dns(data, "dns-udp")
+        finally:
+            self.gateway.dns_done()
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -495,6 +686,17 @@ def refusal_body(d: Decision) -> bytes:
     return f"corridor: blocked: {d.reason}{rule}\n".encode()
 
 
+async def _tell(writer: asyncio.StreamWriter, http: bool, d: Decision, status: int) -> None:
+    """Answer a refusal: 403 (policy, addresses, limits) or 502 (upstream) for HTTP
+    clients, a TCP reset for everything else."""
+    if not http:
+        reset(writer)
+    elif status == 403:
+        await _send_403(writer, d)
+    else:
+        await _refuse(writer, status, d.reason)
+
+
 async def _send_403(writer: asyncio.StreamWriter, d: Decision) -> None:
     body = refusal_body(d)
     head = (
@@ -512,12 +714,23 @@ async def _send_403(writer: asyncio.StreamWriter, d: Decision) -> None:
     close_quietly(writer)
 
 
-async def _refuse(
-    writer: asyncio.StreamWriter, http: bytes | None, status: int, reason: str
-) -> None:
-    if http is None:
-        reset(writer)
-        return
+async def _send_503(writer: asyncio.StreamWriter, reason: str) -> None:
+    body = f"corridor: {reason}\n".encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f'X-Corridor-Decision: deny; reason="{_header_safe(reason)}"\r\n'
+        "Connection: close\r\n\r\n"
+    ).encode()
+    try:
+        writer.write(head + body)
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    close_quietly(writer)
+
+
+async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
     body = f"corridor: {reason}\n".encode()
     head = (
         f"HTTP/1.1 {status} Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"

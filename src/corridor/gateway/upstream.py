@@ -1,4 +1,9 @@
-"""Resolving and dialing upstream: resolve once, dial exactly what was resolved."""
+"""Resolving and dialing upstream: resolve once, dial exactly what was resolved.
+
+The gateway resolves a name once (cached briefly), checks every address it got
+(gateway/addresses.py) and dials only the addresses that passed, by number: there is no
+second lookup between the check and the connect that DNS rebinding could slip into.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,18 @@ import socket
 import time
 from dataclasses import dataclass
 
+from corridor.gateway.limits import READ_LIMIT
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 RESOLVE_TIMEOUT_S = 5.0  # a resolver slower than this is treated as failing
 CONNECT_TIMEOUT_S = 10.0  # per address; a dead upstream must not hold a client forever
 CACHE_TTL_S = 30.0  # short: long enough for a burst of connects, short enough to follow changes
+# Names kept in the cache; a wildcard rule lets the agent mint endless names, so the
+# cache forgets the oldest beyond this (the same bound as the synthetic address map).
+MAX_CACHE_NAMES = 65_536
+# Any port does for the route lookup in is_own_address: a UDP connect sends nothing.
+_PROBE_PORT = 9
 
 
 class UpstreamError(Exception):
@@ -58,8 +70,33 @@ class Resolver:
             if addr not in addrs:
                 addrs.append(addr)
         resolved = Resolved(host, tuple(addrs))
-        self._cache[host] = (now + CACHE_TTL_S, resolved)
+        self._remember(host, now, resolved)
         return resolved
+
+    def _remember(self, host: str, now: float, resolved: Resolved) -> None:
+        self._cache.pop(host, None)  # re-inserted last: the dict's order is the age order
+        if len(self._cache) >= MAX_CACHE_NAMES:
+            for name in [n for n, (expiry, _) in self._cache.items() if expiry <= now]:
+                del self._cache[name]
+            while len(self._cache) >= MAX_CACHE_NAMES:
+                del self._cache[next(iter(self._cache))]
+        self._cache[host] = (now + CACHE_TTL_S, resolved)
+
+
+def is_own_address(address: IPAddress) -> bool:
+    """Whether `address` belongs to this machine (any interface), without sending a packet.
+
+    A UDP connect only looks the route up; for a local address the kernel picks the
+    address itself as the source (RFC 6724 rule 1 for IPv6).
+    """
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((str(address), _PROBE_PORT))
+            source = probe.getsockname()[0]
+        except OSError:
+            return False  # no route at all: not ours, and not reachable either
+    return ipaddress.ip_address(source.split("%", 1)[0]) == address
 
 
 async def dial(
@@ -70,7 +107,7 @@ async def dial(
     for addr in addresses:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(str(addr), port, limit=RELAY_LIMIT), CONNECT_TIMEOUT_S
+                asyncio.open_connection(str(addr), port, limit=READ_LIMIT), CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else "timed out"
@@ -81,9 +118,6 @@ async def dial(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer, addr
     raise UpstreamError(f"cannot connect: {last}")
-
-
-RELAY_LIMIT = 256 * 1024  # stream buffer: large reads keep bulk transfers cheap
 
 
 def _ip_literal(host: str) -> IPAddress | None:
