@@ -4,15 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System tools corridor and its tests use (Debian/Ubuntu package names).
-APT_PACKAGES := bubblewrap nftables iproute2 util-linux curl git ca-certificates
+APT_PACKAGES := bubblewrap nftables iproute2 util-linux curl git ca-certificates nodejs npm
 
-.PHONY: setup sysdeps venv test test-fast lint demo clean
+.PHONY: setup sysdeps venv test test-fast lint demo clean bench
 
 setup: sysdeps venv
 
 sysdeps:
 	@missing=""; \
-	for t in bwrap:bubblewrap nft:nftables ip:iproute2 setpriv:util-linux curl:curl git:git; do \
+	for t in bwrap:bubblewrap nft:nftables ip:iproute2 setpriv:util-linux curl:curl git:git \
+	         node:nodejs npm:npm; do \
 	  cmd=$${t%%:*}; pkg=$${t##*:}; \
 	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -47,6 +48,12 @@ test-fast: venv
 
 demo: setup
 	@bash scripts/demo.sh
+
+# The benchmark side by side with squid, tinyproxy, mitmproxy, bwrap, srt and codex (root:
+# it builds its own network namespace; installs its peers on first use). About 12 minutes;
+# BENCH_QUICK=1 for one short round. Writes bench/results.{json,md,png}.
+bench: setup
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

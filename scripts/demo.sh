@@ -1,42 +1,43 @@
 #!/usr/bin/env bash
-# The demo: a contained `pip download` from the package index this machine's pip is
-# configured for (discovered now, never written down), one refused attempt, and the log.
+# The demo: the python-deps template (its package index discovered now from pip's own
+# configuration, never written down), a refused attempt, a contained `pip download`,
+# and the log of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 STATE=$(mktemp -d)
 WS=$(mktemp -d)
 trap 'rm -rf "$STATE" "$WS"' EXIT
+RUN=($BIN/corridor run --state-dir "$STATE" --workspace "$WS" --policy python-deps)
 
-# Ask pip which index and file hosts it uses (its config, its environment, its default).
-mapfile -t HOSTS < <($BIN/python - <<'PY'
-import os, subprocess, sys
-from urllib.parse import urlsplit
-hosts = []
-url = os.environ.get("PIP_INDEX_URL")
-if not url:
-    r = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                       capture_output=True, text=True)
-    url = r.stdout.strip() if r.returncode == 0 else ""
-if url:
-    hosts.append(urlsplit(url).hostname)
-else:
-    from pip._internal.models.index import PyPI
-    hosts += [PyPI.netloc, PyPI.file_storage_domain]
-print("\n".join(h for h in hosts if h))
-PY
-)
-ALLOW=()
-for h in "${HOSTS[@]}"; do ALLOW+=(--allow "$h"); done
-echo "== pip's index, discovered at run time: ${#HOSTS[@]} host(s) allowed"
+# corridor refuses to dial internal and reserved addresses. Where this machine reaches
+# its package index through such an address (a company mirror on a private network, a
+# sandboxed CI network), the demo says so and allows exactly that address.
+while read -r flag; do
+  [ -n "$flag" ] && RUN+=(--unsafe-allow-private "$flag")
+done < <($BIN/corridor policy show python-deps | sed -n -E 's/^  - host: //p' | $BIN/python -c '
+import ipaddress, socket, sys
+for host in sys.stdin.read().split():
+    try:
+        infos = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:
+        continue
+    for addr in sorted({i[4][0] for i in infos}):
+        if not ipaddress.ip_address(addr).is_global:
+            print(f"note: {host} resolves to {addr}, not a public address: allowed explicitly",
+                  file=sys.stderr)
+            print(ipaddress.ip_network(addr))
+')
+
+echo "== 0. what python-deps allows on this machine (discovered at run time)"
+$BIN/corridor policy show python-deps | grep -E '^  - host|^  # ' || true
+echo
 echo "== 1. a refused attempt: only the package index is allowed (nothing leaves the machine)"
-$BIN/corridor run --state-dir "$STATE" --workspace "$WS" "${ALLOW[@]}" -- \
-  curl -sS -m 5 https://example.com/ || true
+"${RUN[@]}" -- curl -sS -m 5 https://example.com/ || true
 $BIN/corridor log --state-dir "$STATE" --blocked
 echo
 echo "== 2. a contained pip download through the gateway"
-$BIN/corridor run --state-dir "$STATE" --workspace "$WS" "${ALLOW[@]}" -- \
-  python3 -m pip download -q --no-deps --no-cache-dir -d "$WS/dl" six \
+"${RUN[@]}" -- python3 -m pip download -q --no-deps --no-cache-dir -d "$WS/dl" six \
   || echo "(pip download failed: is the package index reachable from this machine?)"
 ls "$WS/dl" 2>/dev/null || true
 echo

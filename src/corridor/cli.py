@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from corridor import __version__
 from corridor.errors import EXIT_USAGE, UserError
@@ -26,7 +25,6 @@ def _state_dir(value: str | None) -> Path:
     return Path(env) if env else default_state_dir()
 
 
-LOG_PIPE_WIDTH = 200
 STATE_DIR_HELP = "Where the event log lives (default: $XDG_STATE_HOME/corridor)."
 
 
@@ -49,7 +47,19 @@ def cli() -> None:
     help="Allow a host (exact, or *.domain for subdomains), optionally one port. "
     "Repeatable. Default ports: 443 and 80.",
 )
-@click.option("--policy", "policy_file", metavar="FILE", help="Policy file (YAML).")
+@click.option(
+    "--policy",
+    "policy_file",
+    metavar="NAME|FILE",
+    help="A built-in template (see `corridor policy list`) or a policy file (YAML).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["enforce", "audit"]),
+    default=None,
+    help="Override the policy's mode; audit lets through what enforce would deny and "
+    "records it as would-deny.",
+)
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),
@@ -69,10 +79,30 @@ def cli() -> None:
     default=None,
     help="Extra CA certificates (PEM) the gateway trusts upstream, e.g. a corporate CA.",
 )
+@click.option(
+    "--unsafe-allow-private",
+    "unsafe_allow_private",
+    multiple=True,
+    metavar="CIDR",
+    help="UNSAFE: let allowed host names resolve to addresses in CIDR although it is an "
+    "internal range (private, loopback, link-local, ...). Names only: connecting to those "
+    "addresses by number still needs a cidr rule. Repeatable.",
+)
 @click.option("--state-dir", default=None, help=STATE_DIR_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No summary line at the end.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(allow, policy_file, workspace, pass_env, upstream_ca, state_dir, quiet, command) -> None:
+def run(
+    allow,
+    policy_file,
+    mode,
+    workspace,
+    pass_env,
+    upstream_ca,
+    unsafe_allow_private,
+    state_dir,
+    quiet,
+    command,
+) -> None:
     """Run COMMAND in a sandbox whose network goes only through corridor's gateway.
 
     Exits with the command's exit code (128+N when it died of signal N).
@@ -81,14 +111,17 @@ def run(allow, policy_file, workspace, pass_env, upstream_ca, state_dir, quiet, 
     Example:
       corridor run --allow api.example.com -- curl -sSf https://api.example.com/
     """
-    from corridor.policy import load_policy, policy_from_flags
+    from corridor.policy import policy_from_flags, resolve_policy
     from corridor.session import RunOptions, print_summary
     from corridor.session import run as run_session
 
-    base = load_policy(Path(policy_file)) if policy_file else None
+    base = resolve_policy(policy_file) if policy_file else None
     policy = policy_from_flags(list(allow), base)
+    if mode is not None:
+        policy = policy.model_copy(update={"mode": mode})
     if upstream_ca is not None:
         _check_ca(upstream_ca)
+    unsafe = _unsafe_ranges(unsafe_allow_private)
     opts = RunOptions(
         command=list(command),
         policy=policy,
@@ -97,6 +130,7 @@ def run(allow, policy_file, workspace, pass_env, upstream_ca, state_dir, quiet, 
         quiet=quiet,
         upstream_ca=upstream_ca,
         pass_env=list(pass_env),
+        unsafe_allow_private=unsafe,
     )
     result = run_session(opts)
     if not quiet:
@@ -110,31 +144,38 @@ def run(allow, policy_file, workspace, pass_env, upstream_ca, state_dir, quiet, 
 @cli.command()
 @click.option("--session", "session_id", default=None, help="Session id (default: the last one).")
 @click.option("--blocked", is_flag=True, help="Only what was refused.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines, one event per line.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl", "ocsf"]),
+    default=None,
+    help="table (default), jsonl (one JSON object per line) or ocsf (OCSF 1.3 records).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format jsonl.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing the session's events as they happen."
+)
 @click.option("--state-dir", default=None, help=STATE_DIR_HELP)
-def log(session_id, blocked, as_json, state_dir) -> None:
-    """Show a session's DNS queries and connections, with decisions and reasons."""
-    from corridor.audit import last_session, read_events, render_jsonl, render_table
+def log(session_id, blocked, fmt, as_json, follow, state_dir) -> None:
+    """Show a session's DNS queries and connections, with decisions and reasons.
 
-    db = _state_dir(state_dir) / "events.db"
-    session = session_id or last_session(db)
-    if session is None:
-        raise UserError(
-            f"no sessions recorded yet in {db.parent}",
-            hint="run a command with `corridor run ... -- COMMAND` first",
-        )
-    events = read_events(db, session=session)
-    if not events:
-        raise UserError(
-            f"--session {session}: no such session in {db.parent}",
-            hint="`corridor log` without --session shows the last one",
-        )
-    if as_json:
-        render_jsonl(events, sys.stdout, blocked_only=blocked)
-    else:
-        # Piped output keeps whole rows (a wide page) instead of folding at 80 columns.
-        width = None if sys.stdout.isatty() else LOG_PIPE_WIDTH
-        render_table(events, Console(width=width), blocked_only=blocked)
+    --follow prints events as they are recorded until the session ends (or Ctrl-C).
+    """
+    from corridor.cli_audit import show_log
+
+    if as_json and fmt not in (None, "jsonl"):
+        raise UserError(f"--json and --format {fmt} exclude each other")
+    fmt = "jsonl" if as_json else fmt or "table"
+    show_log(session_id, blocked, fmt, follow, state_dir if state_dir else str(_state_dir(None)))
+
+
+def _unsafe_ranges(values: tuple[str, ...]) -> tuple:
+    from corridor.gateway.addresses import UnsafeRangeError, parse_unsafe_range
+
+    try:
+        return tuple(parse_unsafe_range(v) for v in values)
+    except UnsafeRangeError as e:
+        raise UserError(e.message, hint=e.hint) from None
 
 
 def _check_ca(path: Path) -> None:
@@ -170,3 +211,12 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from corridor.cli_policy import policy as _policy_group  # noqa: E402  (the `policy` group)
+
+cli.add_command(_policy_group)
+from corridor.cli_audit import key, report, suggest, verify  # noqa: E402  (audit commands)
+
+for _command in (verify, report, key, suggest):
+    cli.add_command(_command)

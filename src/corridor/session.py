@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corridor.audit import Event, EventWriter, Kind, new_session_id
+from corridor.audit import Event, EventWriter, Kind, load_or_create_signer, new_session_id
 from corridor.errors import UserError
+from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.server import Gateway
 from corridor.policy import Policy, policy_hash, policy_to_dict
 from corridor.sandbox.bwrap import SandboxSpec
@@ -40,6 +41,8 @@ class RunOptions:
     quiet: bool = False
     upstream_ca: Path | None = None
     pass_env: list[str] = field(default_factory=list)
+    # --unsafe-allow-private: ranges allowed names may resolve into (gateway/addresses.py)
+    unsafe_allow_private: tuple[UnsafeRange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +76,24 @@ def check_workspace(workspace: Path, home: Path) -> Path:
     return ws
 
 
+def check_state_dir(state_dir: Path, workspace: Path) -> Path:
+    """The log must live outside the workspace, where the sandbox could rewrite it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    resolved = state_dir.resolve()
+    if resolved.is_relative_to(workspace) or workspace.is_relative_to(resolved):
+        raise UserError(
+            f"--state-dir {state_dir}: inside the workspace {workspace}, where the sandboxed "
+            "command could read and rewrite the event log",
+            hint="keep the state directory outside the workspace (the default is "
+            "$XDG_STATE_HOME/corridor)",
+        )
+    return resolved
+
+
 def run(opts: RunOptions) -> RunResult:
     home = Path(os.environ.get("HOME") or os.path.expanduser("~"))
     workspace = check_workspace(opts.workspace, home)
+    state_dir = check_state_dir(opts.state_dir, workspace)
     tools = find_tools()
     rootless = os.getuid() != 0
     if rootless:
@@ -93,7 +111,8 @@ def run(opts: RunOptions) -> RunResult:
     )
     session = new_session_id()
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    writer = EventWriter(opts.state_dir / EVENTS_DB)
+    # The signing key closes the session with a signed checkpoint (audit/keys.py).
+    writer = EventWriter(opts.state_dir / EVENTS_DB, load_or_create_signer(opts.state_dir))
     writer.flush()  # an unusable state directory stops the run before anything starts
     started = time.time()
     writer.emit(
@@ -110,17 +129,25 @@ def run(opts: RunOptions) -> RunResult:
                 "rootless": rootless,
                 "policy": policy_to_dict(opts.policy),
                 "policy_hash": policy_hash(opts.policy),
+                "unsafe_allow_private": [str(r.network) for r in opts.unsafe_allow_private],
                 "env_passed": sorted(senv.env),
                 "env_dropped": list(senv.dropped),
             },
         )
     )
-    spec = SandboxSpec(workspace=workspace, home=home.resolve(), cwd=cwd, rootless=rootless)
+    # The event log and the signing key must be neither readable nor writable inside.
+    spec = SandboxSpec(workspace=workspace, home=home.resolve(), cwd=cwd, rootless=rootless,
+                       hidden=(state_dir,))
     exit_code = 125
     gateway: Gateway | None = None
     try:
         sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
-        gateway = Gateway(policy=opts.policy, session=session, emit=writer.emit)
+        gateway = Gateway(
+            policy=opts.policy,
+            session=session,
+            emit=writer.emit,
+            unsafe=opts.unsafe_allow_private,
+        )
         exit_code = asyncio.run(_serve(gateway, sandbox))
     finally:
         stats = gateway.stats if gateway else None
@@ -140,6 +167,7 @@ def run(opts: RunOptions) -> RunResult:
                 },
             )
         )
+        writer.seal(session)  # the signed checkpoint: the session's last record
         writer.close()
     return RunResult(
         session, exit_code, stats.allowed if stats else 0, stats.blocked if stats else 0

@@ -23,9 +23,23 @@ def test_home_writes_are_throwaway_and_secrets_masked(lab, tmp_path):
         "cat ~/.agent-state/config.json; mkdir -p ~/.cache/tool && echo c > ~/.cache/tool/x; "
         "ls -A ~/.aws | wc -l; cat ~/.git-credentials | wc -c; echo ws > out.txt; echo end"
     )
-    r = lab.run([sys.executable, "-m", "corridor", "run", "-q", "--state-dir",
-                 str(tmp_path / "st"), "--", "sh", "-c", script],
-                env={"HOME": str(home)}, cwd=str(ws))
+    r = lab.run(
+        [
+            sys.executable,
+            "-m",
+            "corridor",
+            "run",
+            "-q",
+            "--state-dir",
+            str(tmp_path / "st"),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        env={"HOME": str(home)},
+        cwd=str(ws),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ['{"v":', "1}", '{"v":', "2}", "0", "0", "end"]
     # Nothing the command wrote in the home survived; the workspace write did.

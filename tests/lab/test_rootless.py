@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.lab.config import CORRIDOR_LAB_FLAGS
 
 import corridor
 
@@ -90,6 +91,7 @@ def test_rootless_run_is_contained_and_runs_as_the_user(lab, rootless_env):
                 "-m",
                 "corridor",
                 "run",
+                *CORRIDOR_LAB_FLAGS,  # the lab's services live in documentation ranges
                 "--state-dir",
                 state,
                 "--allow",

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.lab.config import CORRIDOR_LAB_FLAGS
 
 pytestmark = pytest.mark.lab
 
@@ -37,7 +38,9 @@ def state(tmp_path) -> Path:
 
 
 def corridor(lab, state: Path, ws: Path, *args: str, timeout: float = 60, **kw):
-    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws), *args]
+    # The lab's services live in documentation ranges, which the gateway refuses unless told.
+    argv = [*CORRIDOR, "run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(state), "--workspace",
+            str(ws), *args]  # fmt: skip
     return lab.run(argv, cwd=str(ws), timeout=timeout, **kw)
 
 
@@ -336,32 +339,38 @@ def test_workspace_is_writable_and_root_is_not(lab, ws, state):
 
 
 def test_nothing_is_left_behind(lab, ws, state):
-    before = _sandbox_traces(lab)
-    r = corridor(
-        lab,
-        state,
-        ws,
-        "--allow",
-        "allowed.test",
-        "--",
-        "sh",
-        "-c",
-        "sleep 60 & curl -s --cacert lab-ca.pem https://allowed.test/ >/dev/null; exit 0",
-    )
+    """No process, namespace, socket or temp file of the run outlives it.
+
+    Other sessions may run sandboxes at the same time: only traces that carry this run's
+    workspace path or its unique marker count.
+    """
+    marker = "sleep 60.4242"
+    before_tmp = _corridor_tmp()
+    r = corridor(lab, state, ws, "--allow", "allowed.test", "--", "sh", "-c",
+                 f"{marker} & curl -s --cacert lab-ca.pem https://allowed.test/ >/dev/null; exit 0")
     assert r.returncode == 0
     time.sleep(0.2)
-    assert _sandbox_traces(lab) == before
+    assert _traces(str(ws), marker) == []
+    assert _corridor_tmp() == before_tmp
 
 
-def _sandbox_traces(lab) -> tuple:
-    procs = subprocess.run(
-        ["pgrep", "-f", "bwrap|corridor.sandbox|sleep 60"], capture_output=True, text=True
-    ).stdout.split()
-    netns = subprocess.run(
-        ["lsns", "-t", "net", "-n", "-o", "NS"], capture_output=True, text=True
-    ).stdout.split()
-    tmp = sorted(p.name for p in Path("/tmp").iterdir() if "corridor" in p.name)
-    return (sorted(procs), sorted(netns), tmp)
+def _traces(*needles: str) -> list[str]:
+    """Processes (and so namespaces, sockets) whose command line names one of `needles`."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            out.append(f"{proc.name}: {cmdline[:200]}")
+    return out
+
+
+def _corridor_tmp() -> list[str]:
+    return sorted(p.name for p in Path("/tmp").iterdir() if "corridor" in p.name)
 
 
 PROXY_SCRIPT = r"""
@@ -395,8 +404,20 @@ except OSError as e:
 @pytest.mark.parametrize("second", ["denied.test", "other.test"])
 def test_every_request_on_a_kept_alive_proxy_connection_is_checked(lab, ws, state, second):
     with lab.capture() as cap:
-        r = corridor(lab, state, ws, "--allow", "allowed.test", "--allow", "other.test", "--",
-                     "python3", "-c", PROXY_SCRIPT, second)
+        r = corridor(
+            lab,
+            state,
+            ws,
+            "--allow",
+            "allowed.test",
+            "--allow",
+            "other.test",
+            "--",
+            "python3",
+            "-c",
+            PROXY_SCRIPT,
+            second,
+        )
     assert r.returncode == 0, r.stderr
     assert "first HTTP/1.1 200" in r.stdout
     assert "second HTTP/1.1 403" in r.stdout
@@ -420,8 +441,9 @@ except (OSError, ssl.SSLError) as e:
 
 def test_connect_host_that_disagrees_with_sni_is_refused(lab, ws, state):
     with lab.capture() as cap:
-        r = corridor(lab, state, ws, "--allow", "allowed.test", "--",
-                     "python3", "-c", CONNECT_SNI_SCRIPT)
+        r = corridor(
+            lab, state, ws, "--allow", "allowed.test", "--", "python3", "-c", CONNECT_SNI_SCRIPT
+        )
     assert "HTTP/1.1 200" in r.stdout
     assert "refused" in r.stdout and "handshake completed" not in r.stdout
     assert cap.http_requests() == [] and cap.catchall() == []
@@ -430,10 +452,21 @@ def test_connect_host_that_disagrees_with_sni_is_refused(lab, ws, state):
 
 
 def test_ipv6_names_answer_aaaa_and_connect(lab, ws, state):
-    r = corridor(lab, state, ws, "--allow", "v6only.test", "--allow", "dual.test", "--",
-                 "sh", "-c", "getent ahostsv6 v6only.test | head -1; "
-                 "curl -sSf --noproxy '*' --cacert lab-ca.pem https://v6only.test/; "
-                 "curl -sSf -6 --noproxy '*' --cacert lab-ca.pem https://dual.test/")
+    r = corridor(
+        lab,
+        state,
+        ws,
+        "--allow",
+        "v6only.test",
+        "--allow",
+        "dual.test",
+        "--",
+        "sh",
+        "-c",
+        "getent ahostsv6 v6only.test | head -1; "
+        "curl -sSf --noproxy '*' --cacert lab-ca.pem https://v6only.test/; "
+        "curl -sSf -6 --noproxy '*' --cacert lab-ca.pem https://dual.test/",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("fd63:6f72:7269:646f:")
     assert "hello from v6only.test" in r.stdout and "hello from dual.test" in r.stdout
@@ -441,12 +474,23 @@ def test_ipv6_names_answer_aaaa_and_connect(lab, ws, state):
 
 def test_policy_file(lab, ws, state):
     policy = ws / "policy.yaml"
-    policy.write_text("version: 1\nallow:\n  - host: '*.test'\n    broad: true\n    ports: [80]\n"
-                      "deny:\n  - host: denied.test\n")
-    r = corridor(lab, state, ws, "--policy", str(policy), "--", "sh", "-c",
-                 "curl -sSf http://allowed.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
-                 "http://denied.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
-                 "--cacert lab-ca.pem https://allowed.test/")
+    policy.write_text(
+        "version: 1\nallow:\n  - host: '*.test'\n    broad: true\n    ports: [80]\n"
+        "deny:\n  - host: denied.test\n"
+    )
+    r = corridor(
+        lab,
+        state,
+        ws,
+        "--policy",
+        str(policy),
+        "--",
+        "sh",
+        "-c",
+        "curl -sSf http://allowed.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
+        "http://denied.test/; curl -sS -o /dev/null -w '%{http_code}\\n' "
+        "--cacert lab-ca.pem https://allowed.test/",
+    )
     lines = r.stdout.splitlines()
     assert lines[0] == "hello from allowed.test"
     assert lines[1] == "403"  # deny wins over allow
@@ -458,8 +502,18 @@ def test_policy_file(lab, ws, state):
 def test_killing_corridor_ends_the_command(lab, ws, state):
     """Fail closed: with the gateway gone, nothing of the sandbox stays running."""
     marker = "sleep 61.2345"
-    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws), "--", "sh",
-            "-c", f"echo ready; {marker}"]
+    argv = [
+        *CORRIDOR,
+        "run",
+        "--state-dir",
+        str(state),
+        "--workspace",
+        str(ws),
+        "--",
+        "sh",
+        "-c",
+        f"echo ready; {marker}",
+    ]
     p = lab.popen(argv, cwd=str(ws))
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.2)

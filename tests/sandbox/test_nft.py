@@ -8,5 +8,5 @@ def test_ruleset_redirects_tcp_and_dns_and_drops_the_rest():
     # DNS must be redirected before the catch-all TCP rule, or TCP DNS would be sniffed.
     assert text.index("th dport 53") < text.index("meta l4proto tcp redirect")
     assert "policy drop;" in text
-    assert "ip daddr 127.0.0.0/8 accept" in text
+    assert "ip daddr { 127.0.0.0/8, 198.19.255.254 } accept" in text
     assert "ip6 daddr { ::1, fd63:6f72:7269:646f:ffff:ffff:ffff:fffe } accept" in text

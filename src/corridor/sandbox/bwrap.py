@@ -35,6 +35,7 @@ class SandboxSpec:
     home: Path
     cwd: Path
     rootless: bool  # invoked by a non-root user: bwrap must create the user namespace
+    hidden: tuple[Path, ...] = ()  # directories masked by an empty tmpfs (corridor's state)
 
 
 def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]:

@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 
@@ -69,10 +70,11 @@ def setup_network(cfg: dict) -> None:
     # Without `src`, connects to redirected addresses pick no source and hang.
     run([ip, "route", "add", "default", "dev", "lo", "src", "127.0.0.1"])
     run([ip, "-6", "route", "add", "default", "dev", "lo"])
-    # getaddrinfo(AI_ADDRCONFIG) returns IPv6 answers only when a non-loopback IPv6
-    # address exists; one on lo (from the synthetic range, never handed out) lets
-    # IPv6-only names resolve for tools that pass that flag.
+    # getaddrinfo(AI_ADDRCONFIG) returns answers of a family only when a non-loopback
+    # address of that family exists: one of each on lo (see nft.py) lets tools that pass
+    # that flag (Node) resolve IPv4-only and IPv6-only names alike.
     run([ip, "-6", "addr", "add", cfg["v6_local"], "dev", "lo", "nodad"])
+    run([ip, "addr", "add", cfg["v4_local"], "dev", "lo"])
     run([nft, "-f", "-"], stdin=cfg["nft_rules"])
 
 
@@ -81,17 +83,20 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> str | None:
     """mount(2); None on success, else the error text."""
-    rc = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                     flags, data.encode() if data else None)
+    rc = _libc.mount(
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
     return None if rc == 0 else os.strerror(ctypes.get_errno())
 
 
 def setup_home(cfg: dict) -> None:
     """Overlay the home (writes are thrown away), mask the secrets, keep the workspace."""
-    home = cfg["home"]
-    if not home or not os.path.isdir(home):
-        return
-    ws = cfg["workspace_in_home"]
+    home = cfg["home"] if cfg["home"] and os.path.isdir(cfg["home"]) else None
+    ws = cfg["workspace_in_home"] if home else None
     os.makedirs(f"{STAGING}/upper", mode=0o755)
     os.makedirs(f"{STAGING}/work", mode=0o700)
     if ws:
@@ -100,12 +105,14 @@ def setup_home(cfg: dict) -> None:
         if err:
             fail(f"sandbox setup: cannot stage the workspace: {err}")
     opts = f"lowerdir={home},upperdir={STAGING}/upper,workdir={STAGING}/work"
-    if mount("overlay", home, "overlay", MS_NOSUID | MS_NODEV, opts) is not None:
+    if home and mount("overlay", home, "overlay", MS_NOSUID | MS_NODEV, opts) is not None:
         # No overlay here (old kernel, or refused): the home stays read-only as bwrap left
         # it, and caches tools must write to start empty.
         for path in cfg["scratch"]:
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for path, is_dir in cfg["masks"]:
+        if not os.path.lexists(path):
+            continue  # not visible in here (e.g. under the host's /tmp): nothing to hide
         if is_dir:
             err = mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700,size=4k")
         else:
@@ -116,6 +123,23 @@ def setup_home(cfg: dict) -> None:
         err = mount(f"{STAGING}/ws", ws, None, MS_MOVE, None)
         if err:
             fail(f"sandbox setup: cannot mount the workspace: {err}")
+
+
+def mask_host_sockets(paths: list[str]) -> None:
+    """Bind /dev/null over each host unix socket the sandbox can still see (sockets.py).
+
+    A socket under a path the sandbox replaced (/run, /tmp) is not there to mask. One that
+    is there but cannot be masked stops the run: it would be reachable.
+    """
+    for path in paths:
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue  # hidden already (or gone)
+        err = mount("/dev/null", path, None, MS_BIND, None)
+        if err:
+            fail(f"sandbox setup: cannot hide the host socket {path}: {err}")
 
 
 def listener(kind: int, port: int) -> socket.socket:
@@ -226,6 +250,7 @@ def main() -> None:
     ctl = socket.socket(fileno=cfg["ctl_fd"])
     setup_network(cfg)
     setup_home(cfg)
+    mask_host_sockets(cfg.get("socket_masks", []))
     hand_over_listeners(ctl, cfg["ports"])
     if ctl.recv(2) != b"go":
         fail("gateway did not start; command not run")

@@ -21,7 +21,8 @@ from pathlib import Path
 from corridor.errors import UserError
 from corridor.sandbox.bwrap import SandboxSpec, bwrap_argv
 from corridor.sandbox.home import home_masks, scratch_dirs
-from corridor.sandbox.nft import SANDBOX_V6_LOCAL, Ports, ruleset
+from corridor.sandbox.nft import SANDBOX_V4_LOCAL, SANDBOX_V6_LOCAL, Ports, ruleset
+from corridor.sandbox.sockets import host_socket_paths
 
 # Where the system tools live even when the user's PATH lacks the sbin directories.
 TOOL_PATH = os.pathsep.join(
@@ -134,19 +135,28 @@ def start_sandbox(
         "nft_rules": ruleset(ports),
         "ports": {"transparent": ports.transparent, "proxy": ports.proxy, "dns": ports.dns},
         "v6_local": f"{SANDBOX_V6_LOCAL}/128",
+        "v4_local": f"{SANDBOX_V4_LOCAL}/32",
         "uid": os.getuid(),
         "gid": os.getgid(),
         "command": command,
         "home": str(spec.home) if spec.home.is_dir() else None,
         "workspace_in_home": str(spec.workspace) if in_home else None,
-        "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home))],
+        "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home))]
+        + [[str(p), True] for p in spec.hidden if p.is_dir()],
         "scratch": scratch_dirs(str(spec.home)),
+        "socket_masks": host_socket_paths(),
     }
     # The init uses only the standard library: its source goes on the command line (the
     # sandbox may not see where corridor is installed, e.g. under the host's /tmp), run by
     # the real interpreter behind any venv, isolated (-I) and without site-packages (-S).
-    init_argv = [os.path.realpath(sys.executable), "-I", "-S", "-c", INIT_SCRIPT.read_text(),
-                 json.dumps(cfg)]
+    init_argv = [
+        os.path.realpath(sys.executable),
+        "-I",
+        "-S",
+        "-c",
+        INIT_SCRIPT.read_text(),
+        json.dumps(cfg),
+    ]
     argv = bwrap_argv(tools.bwrap, spec, init_argv)
     proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env)
     child.close()

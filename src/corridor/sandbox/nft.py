@@ -29,9 +29,11 @@ class Ports:
     dns: int = 53
 
 
-# An IPv6 address on the sandbox's lo beside ::1 (getaddrinfo's AI_ADDRCONFIG wants a
-# non-loopback one before it returns IPv6 answers); the last of the synthetic range,
+# Addresses on the sandbox's lo beside 127.0.0.1 and ::1: getaddrinfo(AI_ADDRCONFIG)
+# (Node's net.connect, glibc's default for many tools) returns answers of a family only
+# when a non-loopback address of that family exists. The last of each synthetic range,
 # which gateway/names.py never hands out.
+SANDBOX_V4_LOCAL = "198.19.255.254"
 SANDBOX_V6_LOCAL = "fd63:6f72:7269:646f:ffff:ffff:ffff:fffe"
 
 
@@ -44,7 +46,7 @@ table inet {TABLE} {{
 
   chain redirect_out {{
     type nat hook output priority -100; policy accept;
-    ip daddr 127.0.0.0/8 return
+    ip daddr {{ 127.0.0.0/8, {SANDBOX_V4_LOCAL} }} return
     ip6 daddr {{ ::1, {SANDBOX_V6_LOCAL} }} return
     meta l4proto {{ tcp, udp }} th dport 53 redirect to :{ports.dns}
     meta l4proto tcp redirect to :{ports.transparent}
@@ -52,7 +54,7 @@ table inet {TABLE} {{
 
   chain filter_out {{
     type filter hook output priority 0; policy drop;
-    ip daddr 127.0.0.0/8 accept
+    ip daddr {{ 127.0.0.0/8, {SANDBOX_V4_LOCAL} }} accept
     ip6 daddr {{ ::1, {SANDBOX_V6_LOCAL} }} accept
     meta l4proto udp counter name dropped_udp drop
     counter name dropped_other drop
