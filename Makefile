@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System tools corridor and its tests use (Debian/Ubuntu package names).
-APT_PACKAGES := bubblewrap nftables iproute2 util-linux curl git ca-certificates nodejs npm
+# System tools corridor and its tests use are checked by `sysdeps` (command:package);
+# only the missing ones are installed, so a Node.js from another source is kept.
 
 .PHONY: setup sysdeps venv test test-fast lint demo clean bench
 
@@ -20,7 +20,7 @@ sysdeps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
 	    echo "corridor needs:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
 	  fi; \
