@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,17 @@ from pathlib import Path
 from corridor.audit import Event, EventWriter, Kind, load_or_create_signer, new_session_id
 from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
+from corridor.gateway.credentials import Broker
 from corridor.gateway.server import Gateway
+from corridor.gateway.tlsca import SessionCA
 from corridor.policy import Policy, policy_hash, policy_to_dict
-from corridor.sandbox.bwrap import SandboxSpec
+from corridor.policy.decide import wants_inspection
+from corridor.sandbox.bwrap import TRUST_MOUNT, SandboxSpec
 from corridor.sandbox.env import build_env
 from corridor.sandbox.home import is_secret
 from corridor.sandbox.launch import Sandbox, check_user_namespaces, find_tools, start_sandbox
 from corridor.sandbox.nft import Ports
+from corridor.sandbox.trust import write_trust
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EVENTS_DB = "events.db"
@@ -109,7 +115,16 @@ def run(opts: RunOptions) -> RunResult:
         workspace=str(cwd),
         extra_names=opts.pass_env,
     )
+    # Real values are read once, here; the sandbox gets placeholders (set last, over
+    # anything else), and a real value that would still reach it stops the run.
+    broker = Broker.start(opts.policy.credentials or (), time.monotonic(), os.environ)
+    if not opts.quiet:
+        for warning in broker.warnings:  # names and lengths only, never a value
+            print(f"corridor: warning: {warning}", file=sys.stderr)
     session = new_session_id()
+    upstream_cas = (opts.upstream_ca,) if opts.upstream_ca is not None else ()
+    senv.env.update(broker.sandbox_env())
+    check_no_secret(broker, senv.env, opts.command)
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The signing key closes the session with a signed checkpoint (audit/keys.py).
     writer = EventWriter(opts.state_dir / EVENTS_DB, load_or_create_signer(opts.state_dir))
@@ -132,12 +147,27 @@ def run(opts: RunOptions) -> RunResult:
                 "unsafe_allow_private": [str(r.network) for r in opts.unsafe_allow_private],
                 "env_passed": sorted(senv.env),
                 "env_dropped": list(senv.dropped),
+                "credentials": broker.describe(),
             },
         )
     )
+    # Made last before the sandbox: nothing can fail between this and the `finally`
+    # that removes the trust directory.
+    ca: SessionCA | None = None
+    trust_parent: Path | None = None
+    if inspects(opts.policy):
+        ca, trust_parent, trust_env = make_trust(session, upstream_cas)
+        senv.env.update(trust_env)
+        senv.env.update(broker.sandbox_env())  # the placeholders win, as before
     # The event log and the signing key must be neither readable nor writable inside.
-    spec = SandboxSpec(workspace=workspace, home=home.resolve(), cwd=cwd, rootless=rootless,
-                       hidden=(state_dir,))
+    spec = SandboxSpec(
+        workspace=workspace,
+        home=home.resolve(),
+        cwd=cwd,
+        rootless=rootless,
+        hidden=(state_dir,),
+        trust_dir=trust_parent / "trust" if trust_parent else None,
+    )
     exit_code = 125
     gateway: Gateway | None = None
     try:
@@ -147,6 +177,9 @@ def run(opts: RunOptions) -> RunResult:
             session=session,
             emit=writer.emit,
             unsafe=opts.unsafe_allow_private,
+            ca=ca,
+            upstream_cas=upstream_cas,
+            broker=broker if broker.credentials else None,
         )
         exit_code = asyncio.run(_serve(gateway, sandbox))
     finally:
@@ -169,6 +202,8 @@ def run(opts: RunOptions) -> RunResult:
         )
         writer.seal(session)  # the signed checkpoint: the session's last record
         writer.close()
+        if trust_parent is not None:
+            shutil.rmtree(trust_parent, ignore_errors=True)
     return RunResult(
         session, exit_code, stats.allowed if stats else 0, stats.blocked if stats else 0
     )
@@ -204,6 +239,49 @@ async def _serve(gateway: Gateway, sandbox: Sandbox) -> int:
         sandbox.proc.wait()
         await gateway.stop()
         sandbox.close()
+
+
+def make_trust(session: str, upstream_cas: tuple[Path, ...]) -> tuple[SessionCA, Path, dict]:
+    """The session CA (in memory only) and the trust files the sandbox reads it from.
+
+    The files (system roots, --upstream-ca certificates and the session CA: all public)
+    go in a fresh 0700 directory, bound read-only at TRUST_MOUNT; returns the CA, that
+    directory (the caller removes it at the end) and the trust variables for the sandbox.
+    """
+    ca = SessionCA.generate(session)
+    parent = Path(tempfile.mkdtemp(prefix="corridor-trust-"))
+    try:
+        trust = write_trust(
+            parent / "trust",
+            ca.cert_pem(),
+            sandbox_root=TRUST_MOUNT,
+            extra_ca_pems=[p.read_bytes() for p in upstream_cas],
+        )
+    except BaseException:
+        shutil.rmtree(parent, ignore_errors=True)
+        raise
+    return ca, parent, trust.env
+
+
+def check_no_secret(broker: Broker, env: dict[str, str], command: list[str]) -> None:
+    """Refuse to start when a real credential value would reach the sandbox."""
+    names = broker.values_in(env)
+    if names:
+        raise UserError(
+            f"the sandbox environment would hold a real credential value in {', '.join(names)}",
+            hint="drop that variable from --pass-env; the sandbox gets placeholders only",
+        )
+    if broker.values_in({str(i): arg for i, arg in enumerate(command)}):
+        raise UserError(
+            "the command line holds a real credential value",
+            hint="pass the credential's variable name instead; the sandbox gets a placeholder",
+        )
+
+
+def inspects(policy: Policy) -> bool:
+    """Whether anything is inspected (a rule asks, or a credential is bound to some host):
+    the session then needs a CA."""
+    return bool(policy.credentials) or any(wants_inspection(rule) for rule in policy.allow)
 
 
 def _exit_code(status: int) -> int:

@@ -66,7 +66,7 @@ FILE_ERRORS: dict[str, tuple[str | bytes, str, str | None]] = {
     "unknown key, nothing close": (
         "version: 1\nzzz: 1\n",
         "policy.yaml:2:1: zzz: unknown field",
-        "known fields here: version, extends, mode, allow, deny, limits",
+        "known fields here: version, extends, mode, allow, deny, limits, credentials",
     ),
     "unknown limits key": (
         "version: 1\nlimits:\n  max_conections: 3\n",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from corridor.gateway.credentials import Finding
 from corridor.gateway.http_target import (
     RequestTarget,
     TargetError,
@@ -24,7 +25,7 @@ from corridor.gateway.http_target import (
 )
 from corridor.gateway.limits import RELAY_CHUNK, LimitReached
 from corridor.gateway.relay import Counters, close_quietly, reset
-from corridor.gateway.upstream import UpstreamError, dial
+from corridor.gateway.upstream import UpstreamError, UpstreamTLSError, dial
 from corridor.policy import Decision, Target
 from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
 
@@ -61,6 +62,14 @@ class _Closed(Exception):
     """The peer went away, broke protocol or stalled; the exchange ends."""
 
 
+class _Exfiltration(Exception):
+    """A request body carries a credential bound to another host; the request stops."""
+
+    def __init__(self, finding: Finding):
+        super().__init__(finding.reason)
+        self.finding = finding
+
+
 class HttpExchange:
     """One client connection carrying HTTP/1 requests."""
 
@@ -74,6 +83,7 @@ class HttpExchange:
         *,
         proxy: bool,
         dest,
+        tls_host: str | None = None,
     ):
         self.gw = gw
         self.reader = reader
@@ -81,10 +91,16 @@ class HttpExchange:
         self.conn_id = conn_id
         self.proxy = proxy
         self.dest = dest  # transparent: (address, port, name from the synthetic map)
+        # Inspected HTTPS: the TLS server name the client asked for (the SNI, or the
+        # CONNECT host); requests must name it, and upstream is TLS to it, verified.
+        self.tls_host = tls_host
         self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         if first:  # h11 reads an empty chunk as end-of-stream
             self.client.receive_data(first)
-        self.protocol = "http"
+        self.protocol = "https" if tls_host is not None else "http"
+        self.request_up = 0  # body bytes of the current request / response, for its event
+        self.request_down = 0
+        self.status: int | None = None
         self.up: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
         self.bound: tuple[str, int] | None = None
         self.counters = Counters(budget=gw.budget)
@@ -184,16 +200,88 @@ class HttpExchange:
         if not d.allowed:
             await self._deny(ev, tgt.host, port, d)
             return False
+        headers = _forward_headers(ev.headers)
+        used: tuple[str, ...] = ()
+        broker = self.gw.broker
+        if broker is not None:
+            # Every request we can read is searched for credentials bound elsewhere; only
+            # inspected ones (TLS to the bound host, verified) ever get a real value.
+            finding = broker.scan(tgt.host, ev.target, ev.headers)
+            if finding is not None:
+                await self._exfiltration(tgt.host, port, finding)
+                return False
+            if self.tls_host is not None:
+                injected = broker.inject(headers, tgt.host, time.monotonic())
+                if injected.refusal is not None:
+                    await self._deny(ev, tgt.host, port, Decision(False, injected.refusal, None))
+                    return False
+                headers, used = injected.headers, injected.used
         if self.up is None and not await self._open_upstream(ev, tgt, port, d):
             return False
-        await self._exchange(ev, tgt)
+        for name in used:
+            self.gw.record(
+                _kind("CREDENTIAL"),
+                conn_id=self.conn_id,
+                protocol=self.protocol,
+                host=tgt.host,
+                port=port,
+                data={"name": name},  # which credential, never its value
+            )
+        self.request_up = self.request_down = 0
+        self.status = None
+        self._record_package(tgt, port)
+        try:
+            await self._exchange(ev, tgt, headers)
+        finally:
+            if self.tls_host is not None:
+                self._record_request(ev, tgt, port)
         return self._next_cycle()
+
+    def _record_package(self, tgt: RequestTarget, port: int) -> None:
+        """A `package` event when the request URL is a recognised package download."""
+        from corridor.audit import packages
+
+        scheme = "https" if self.tls_host is not None else "http"
+        url = f"{scheme}://{tgt.host}:{port}{tgt.path}"
+        package = packages.parse(url)
+        if package is not None:
+            # The query is left out of the record: it may carry tokens (placeholders).
+            self.gw.emit(
+                packages.package_event(
+                    self.gw.session,
+                    time.time(),
+                    url.split("?", 1)[0],
+                    package,
+                    host=tgt.host,
+                    port=port,
+                    conn_id=self.conn_id,
+                )
+            )
+
+    def _record_request(self, ev: h11.Request, tgt: RequestTarget, port: int) -> None:
+        """One HTTP event per inspected request: method, path (never the query), status."""
+        from corridor.audit.events import Kind
+
+        self.gw.record(
+            Kind.HTTP,
+            conn_id=self.conn_id,
+            protocol=self.protocol,
+            host=tgt.host,
+            port=port,
+            method=ev.method.decode("ascii", "replace"),
+            path=tgt.path.split("?", 1)[0],
+            status=self.status,
+            bytes_up=self.request_up,
+            bytes_down=self.request_down,
+        )
 
     def _mismatch(self, tgt: RequestTarget) -> str | None:
         try:
             host = _host_key(tgt.host)
         except InvalidHost as e:
             return f"invalid host name: {e}"
+        if self.tls_host is not None and _host_key(self.tls_host) != host:
+            return f"Host {tgt.host} differs from the TLS server name {self.tls_host}"
         if self.dest is not None:
             address, port, mapped = self.dest
             if tgt.port != port:
@@ -230,7 +318,17 @@ class HttpExchange:
         self.gw.record_decision(self.conn_id, self.protocol, tgt.host, port, str(addresses[0]), d)
         self.bound = (_host_key(tgt.host), port)
         try:
-            up_r, up_w, addr = await dial(addresses, port)
+            if self.tls_host is not None:
+                up_r, up_w, addr = await dial(
+                    addresses, port, tls=self.gw.upstream_tls, server_hostname=self.tls_host
+                )
+            else:
+                up_r, up_w, addr = await dial(addresses, port)
+        except UpstreamTLSError as e:
+            # A certificate we cannot verify is a refusal with its reason, never a pass.
+            self.bound = None
+            await self._deny(ev, tgt.host, port, Decision(False, e.reason, d.rule), status=502)
+            return False
         except UpstreamError as e:
             self.up = None
             await self._send_simple(502, f"corridor: {e.reason}\n")
@@ -250,10 +348,36 @@ class HttpExchange:
         self.up = (up_r, up_w, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES))
         return True
 
-    async def _exchange(self, req: h11.Request, tgt: RequestTarget) -> None:
+    async def _exfiltration(self, host: str, port: int, finding: Finding) -> None:
+        """Refuse a request that carries a credential bound to another host, and flag it."""
+        self.refused = True
+        self.gw.stats.blocked += 1
+        self.gw.record(
+            _kind("EXFILTRATION"),
+            conn_id=self.conn_id,
+            protocol=self.protocol,
+            host=host,
+            port=port,
+            decision="deny",
+            reason=finding.reason,
+            data={
+                "name": finding.credential,
+                "what": finding.what,
+                "where": finding.where,
+                "encoding": finding.encoding,
+            },
+        )
+        from corridor.gateway.server import refusal_body
+
+        d = Decision(False, finding.reason, None)
+        extra = [(b"X-Corridor-Decision", f'deny; reason="{_safe(d.reason)}"'.encode())]
+        await self._send_simple(403, refusal_body(d), extra)
+
+    async def _exchange(
+        self, req: h11.Request, tgt: RequestTarget, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         assert self.up is not None
         up_r, _up_w, uc = self.up
-        headers = _forward_headers(req.headers)
         if not any(n.lower() == b"host" for n, _ in headers):
             headers.append((b"Host", tgt.host.encode()))
         self._write_up(
@@ -268,17 +392,28 @@ class HttpExchange:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump_body(uc))
+                tg.create_task(self._pump_body(uc, tgt.host))
                 tg.create_task(self._pump_response(uc, up_r))
+        except* _Exfiltration as group:
+            # The body part holding the value never went upstream; neither does the rest.
+            reset(self.up[1])
+            finding = group.exceptions[0].finding  # type: ignore[attr-defined]
+            await self._exfiltration(tgt.host, tgt.port, finding)
+            raise _Closed from None
         except* LimitReached as group:
             raise group.exceptions[0] from None
         except* (h11.ProtocolError, ConnectionError, OSError, _Closed) as group:
             raise _Closed from group
 
-    async def _pump_body(self, uc: h11.Connection) -> None:
+    async def _pump_body(self, uc: h11.Connection, host: str) -> None:
+        scanner = self.gw.broker.body_scanner(host) if self.gw.broker is not None else None
         while True:
             ev = await _next_event(self.client, self.reader, self.limits.idle_timeout_s)
             if isinstance(ev, h11.Data):
+                finding = scanner.feed(ev.data) if scanner is not None else None
+                if finding is not None:
+                    raise _Exfiltration(finding)
+                self.request_up += len(ev.data)
                 self._write_up(uc.send(h11.Data(data=ev.data)))
                 await self.up[1].drain()  # type: ignore[index]
             elif isinstance(ev, h11.EndOfMessage):
@@ -295,6 +430,7 @@ class HttpExchange:
                     raise _Closed  # protocol switches are not relayed in plain mode
                 self._write_client(self.client.send(ev))
             elif isinstance(ev, h11.Response):
+                self.status = ev.status_code
                 self._write_client(
                     self.client.send(
                         h11.Response(
@@ -305,6 +441,7 @@ class HttpExchange:
                     )
                 )
             elif isinstance(ev, h11.Data):
+                self.request_down += len(ev.data)
                 self._write_client(self.client.send(h11.Data(data=ev.data)))
                 await self.writer.drain()
             elif isinstance(ev, h11.EndOfMessage):
@@ -454,6 +591,12 @@ def _kind_connection():
     from corridor.audit.events import Kind
 
     return Kind.CONNECTION
+
+
+def _kind(name: str):
+    from corridor.audit.events import Kind
+
+    return Kind[name]
 
 
 def _safe(text: str) -> str:

@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway import dns_msg
 from corridor.gateway.addresses import UnsafeRange, check_dial, unmapped
+from corridor.gateway.credentials import Broker
 from corridor.gateway.http_proxy import HttpExchange
 from corridor.gateway.limits import READ_LIMIT, GatewayLimits, LimitReached, SessionBudget
 from corridor.gateway.names import NameMap
@@ -32,7 +35,10 @@ from corridor.gateway.relay import Counters, RelayTimeouts, close_quietly, relay
 from corridor.gateway.sniff import Kind as Sniffed
 from corridor.gateway.sniff import classify
 from corridor.gateway.tls_hello import ClientHelloReader, TLSParseError
+from corridor.gateway.tls_stream import TLSStream
+from corridor.gateway.tlsca import ServerTLS, SessionCA
 from corridor.gateway.upstream import IPAddress, Resolver, UpstreamError, dial, is_own_address
+from corridor.gateway.upstream_tls import upstream_context
 from corridor.policy import Decision, Policy, Target, decide, decide_dns
 from corridor.policy.hosts import InvalidHost, normalize_host
 
@@ -72,7 +78,12 @@ class Gateway:
     """The session's gateway: decide, check, dial and relay for every sandbox connection.
 
     `unsafe` are the --unsafe-allow-private ranges (addresses allowed names may resolve
-    to); `limits` default to GatewayLimits.from_policy(policy.limits).
+    to); `limits` default to GatewayLimits.from_policy(policy.limits). `ca` is the session
+    CA that TLS inspection presents leaves from (None: nothing is inspected, every TLS
+    connection is relayed end to end); `upstream_cas` are the --upstream-ca files that
+    inspected connections verify upstream certificates with, besides the system store.
+    `broker` swaps credentials in on inspected requests to their hosts and flags them
+    anywhere else a request is readable.
     """
 
     policy: Policy
@@ -83,6 +94,9 @@ class Gateway:
     stats: Stats = field(default_factory=Stats)
     unsafe: tuple[UnsafeRange, ...] = ()
     limits: GatewayLimits | None = None
+    ca: SessionCA | None = None
+    upstream_cas: tuple[Path, ...] = ()
+    broker: Broker | None = None  # the session's credentials (gateway/credentials.py)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _servers: list = field(default_factory=list)
     _tasks: set = field(default_factory=set)
@@ -94,6 +108,7 @@ class Gateway:
             self.limits = GatewayLimits.from_policy(self.policy.limits)
         self.budget = SessionBudget(self.limits)
         self.timeouts = RelayTimeouts(self.limits.idle_timeout_s, self.limits.half_closed_timeout_s)
+        self.upstream_tls: ssl.SSLContext = upstream_context(self.upstream_cas)
 
     # ---- start / stop -------------------------------------------------------------
 
@@ -301,9 +316,63 @@ class Gateway:
                     return
                 host = hello.sni
         target = Target(host=host, port=port, address=None if host else address)
+        if kind is Sniffed.TLS and host is not None and self._inspects(target):
+            await self._inspect(conn_id, reader, writer, first or b"", host, port, address)
+            return
         await self._forward(
             conn_id, protocol, target, reader, writer, first or b"", shown_address=str(address)
         )
+
+    def _inspects(self, target: Target) -> bool:
+        """Whether this allowed TLS destination is inspected (a rule asks, and a CA exists)."""
+        if self.ca is None:
+            return False
+        d = self.decide(target)
+        return d.allowed and d.inspect
+
+    async def _inspect(
+        self,
+        conn_id: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: bytes,
+        host: str,
+        port: int,
+        address: IPAddress | None,
+    ) -> None:
+        """Terminate the client's TLS with a leaf for `host`, then check every request.
+
+        `first` is the ClientHello already read. Each request is decided with its method
+        and path and goes upstream over TLS verified for `host` (http_proxy.py).
+        """
+        assert self.ca is not None
+        shown = str(address) if address is not None else None
+        try:
+            context = self.ca.server_context(host)
+        except InvalidHost as e:
+            d = Decision(False, f"invalid host name: {e}", None)
+            self.record_decision(conn_id, "https", host, port, shown, d)
+            reset(writer)
+            return
+        stream = TLSStream(ServerTLS(context, first), reader, writer)
+        try:
+            await stream.handshake(HELLO_TIMEOUT_S)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as e:
+            why = getattr(e, "reason", None) or e.__class__.__name__
+            d = Decision(False, f"TLS handshake with the client failed: {why}", None)
+            self.record_decision(conn_id, "https", host, port, shown, d)
+            reset(writer)
+            return
+        await HttpExchange(
+            self,
+            stream,  # type: ignore[arg-type]  # the StreamReader/Writer subset it uses
+            stream,  # type: ignore[arg-type]
+            b"",
+            conn_id,
+            proxy=False,
+            dest=(address, port, None),
+            tls_host=host,
+        ).run()
 
     async def _forward(
         self,
@@ -478,6 +547,9 @@ class Gateway:
                     Decision(False, f"SNI {hello.sni} differs from CONNECT host {host}", None),
                 )
                 reset(writer)
+                return
+            if self._inspects(Target(host=hello.sni or host, port=port)):
+                await self._inspect(conn_id, reader, writer, first or b"", host, port, None)
                 return
         await self._dial_and_relay(
             conn_id, protocol, target, d, addresses, reader, writer, first or b""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 from corridor.gateway.limits import READ_LIMIT
+from corridor.gateway.upstream_tls import tls_failure_reason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -33,6 +35,10 @@ class UpstreamError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class UpstreamTLSError(UpstreamError):
+    """The upstream's TLS handshake failed (e.g. its certificate was rejected): a denial."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +106,33 @@ def is_own_address(address: IPAddress) -> bool:
 
 
 async def dial(
-    addresses: tuple[IPAddress, ...], port: int
+    addresses: tuple[IPAddress, ...],
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, IPAddress]:
-    """Connect to the first address that answers; never looks the name up again."""
+    """Connect to the first address that answers; never looks the name up again.
+
+    With `tls`, the connection is TLS to `server_hostname`, verified by that context; a
+    failed handshake raises UpstreamTLSError at once (another address of the same name is
+    not tried: a certificate problem is the name's, not one address's).
+    """
     last = "no address"
     for addr in addresses:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(str(addr), port, limit=READ_LIMIT), CONNECT_TIMEOUT_S
+                asyncio.open_connection(
+                    str(addr),
+                    port,
+                    limit=READ_LIMIT,
+                    ssl=tls,
+                    server_hostname=server_hostname if tls is not None else None,
+                ),
+                CONNECT_TIMEOUT_S,
             )
+        except ssl.SSLError as e:
+            raise UpstreamTLSError(tls_failure_reason(e, server_hostname or str(addr))) from None
         except (OSError, TimeoutError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else "timed out"
             last = f"{addr}:{port}: {why}"

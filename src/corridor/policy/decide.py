@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corridor.policy.hosts import InvalidHost, IPAddress, normalize_host, parse_ip_literal
 from corridor.policy.model import DEFAULT_ALLOW_PORTS, MAX_PORT, MIN_PORT, Policy, Rule
@@ -48,6 +48,10 @@ class Decision:
     reason: str
     rule: str | None
     would_deny: bool = False
+    # The allowing rule asks to see the requests (`inspect: true`, `methods` or `paths`):
+    # the gateway terminates TLS for this host and checks each request. Not part of
+    # equality: two decisions are the same answer (result, reason, rule) either way.
+    inspect: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,10 @@ def decide(policy: Policy, target: Target) -> Decision:
     for rule in candidates:
         miss = _allow_miss(rule, target)
         if miss is None:
-            return Decision(True, ALLOWED_BY_RULE, _rule_id(rule))
+            inspect = wants_inspection(rule) or (
+                name is not None and policy.bound_to_credential(name)
+            )
+            return Decision(True, ALLOWED_BY_RULE, _rule_id(rule), inspect=inspect)
         if closest not in _PROGRESS or _PROGRESS.index(miss) > _PROGRESS.index(closest):
             closest = miss
     return _deny(policy, closest, None)
@@ -136,6 +143,11 @@ def decide_dns(policy: Policy, name: str) -> Decision:
         if rule.pattern is not None and rule.pattern.matches(host):
             return Decision(True, ALLOWED_BY_RULE, _rule_id(rule))
     return _deny(policy, NO_RULE_FOR_HOST, None)
+
+
+def wants_inspection(rule: Rule) -> bool:
+    """Whether an allow rule needs the requests seen: `inspect`, `methods` or `paths` set."""
+    return rule.inspect or rule.methods is not None or rule.paths is not None
 
 
 def _deny(policy: Policy, reason: str, rule: str | None) -> Decision:

@@ -452,15 +452,19 @@ def merge_policies(layers: Sequence[Policy]) -> Policy:
     deny: list[Rule] = []
     settings: dict[str, Any] = {}
     limits: dict[str, Any] = {}
+    credentials: list[Any] = []
     for layer in layers:
         allow += layer.allow
         deny += layer.deny
+        credentials += layer.credentials or ()
         if "mode" in layer.model_fields_set:
             settings["mode"] = layer.mode
         for name in layer.limits.model_fields_set:
             limits[name] = getattr(layer.limits, name)
     if limits:
         settings["limits"] = Limits(**limits)
+    if credentials:
+        settings["credentials"] = credentials
     return Policy(allow=allow, deny=deny, **settings)
 
 
@@ -585,7 +589,7 @@ def policy_from_flags(allow: list[str], base: Policy | None) -> Policy:
 
 def policy_to_dict(policy: Policy) -> dict[str, Any]:
     """The policy as JSON-ready data, rule origins included, for the session event."""
-    return policy.model_dump(mode="json", exclude_none=True)
+    return policy.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
 def canonical_policy(policy: Policy) -> dict[str, Any]:

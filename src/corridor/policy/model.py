@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from corridor.policy.credentials import CredentialSpec
 from corridor.policy.hosts import HostPattern, InvalidHost, parse_host_pattern, parse_ip_literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -265,6 +266,9 @@ class Policy(BaseModel):
     allow: list[Rule] = Field(default_factory=list)
     deny: list[Rule] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    # Secrets the gateway holds for the sandbox (policy/credentials.py); None: none. Left
+    # out rather than empty so that a policy without credentials keeps its hash.
+    credentials: list[CredentialSpec] | None = None
 
     @field_validator("version")
     @classmethod
@@ -276,6 +280,25 @@ class Policy(BaseModel):
                 f"this corridor reads 'version: {POLICY_VERSION}'",
             )
         return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _unique_credentials(cls, specs: list[CredentialSpec] | None) -> list[CredentialSpec] | None:
+        seen: set[str] = set()
+        for index, spec in enumerate(specs or ()):
+            if spec.name in seen:
+                raise _error(
+                    "credential_name",
+                    f"{spec.name} is defined twice",
+                    "give each credential its own name",
+                    loc=(index, "name"),
+                )
+            seen.add(spec.name)
+        return specs
+
+    def bound_to_credential(self, host: str) -> bool:
+        """Whether some credential may go to `host` (a normalised name): it is inspected."""
+        return any(spec.binds(host) for spec in self.credentials or ())
 
     @field_validator("allow")
     @classmethod

@@ -66,6 +66,39 @@ def policy_json_schema() -> dict[str, Any]:
         },
         "oneOf": [{"required": ["host"]}, {"required": ["cidr"]}],
     }
+    credential = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "from", "hosts", "inject"],
+        "properties": {
+            "name": {"type": "string", "description": "The variable the sandbox sees."},
+            "from": {
+                "type": "string",
+                "pattern": "^(env|file|command):",
+                "description": "env:NAME, file:PATH or command:ARGV (read at session start).",
+            },
+            "hosts": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "description": "Hosts the real value may go to (these are inspected).",
+            },
+            "inject": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ],
+                "description": "bearer, basic or header:NAME.",
+            },
+            "username": {"type": "string", "description": "The user name for basic."},
+            "template": {"type": "string", "description": "Header value with {value}."},
+            "ttl": {
+                "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+                "description": "How long the placeholder works, e.g. 30m, 1h, 90s.",
+            },
+            "comment": {"type": "string"},
+        },
+    }
     size = {
         "oneOf": [
             {"type": "integer", "minimum": 0},
@@ -116,6 +149,12 @@ def policy_json_schema() -> dict[str, Any]:
                     "max_bytes_out": {**size, "description": "Bytes sent upstream per session."},
                 },
             },
+            "credentials": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/credential"},
+                "description": "Secrets the gateway injects for bound hosts; the sandbox "
+                "sees placeholders. See docs/credentials.md.",
+            },
         },
-        "$defs": {"rule": rule},
+        "$defs": {"rule": rule, "credential": credential},
     }

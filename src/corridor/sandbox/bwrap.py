@@ -27,6 +27,9 @@ INIT_CAPS = (
     "CAP_DAC_OVERRIDE",
 )
 SANDBOX_HOSTNAME = "corridor"
+# Where the session's trust files (CA bundle with the session CA) appear inside: under the
+# private /run tmpfs, read-only, so the sandbox can read but never replace them.
+TRUST_MOUNT = "/run/corridor/trust"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class SandboxSpec:
     cwd: Path
     rootless: bool  # invoked by a non-root user: bwrap must create the user namespace
     hidden: tuple[Path, ...] = ()  # directories masked by an empty tmpfs (corridor's state)
+    trust_dir: Path | None = None  # the session's trust files, bound at TRUST_MOUNT
 
 
 def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]:
@@ -66,6 +70,8 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]
     ]
     if os.path.islink("/var/run") is False and os.path.isdir("/var/run"):
         argv += ["--tmpfs", "/var/run"]
+    if spec.trust_dir is not None:
+        argv += ["--ro-bind", str(spec.trust_dir), TRUST_MOUNT]  # after the /run tmpfs
     # The home view (overlay + masks) is mounted by the init, which also puts the
     # workspace back on top when it lies inside the home. Bound here read-only so that a
     # home under a path the sandbox replaces (/tmp, /run) is still there to overlay.
