@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.lab.config import CORRIDOR_LAB_FLAGS
+from tests.lab.config import CORRIDOR_LAB_FLAGS, SANDBOX_PYTHON
 from tests.lab.harness import Lab
 from tests.lab.records import Mark
 
@@ -54,7 +54,7 @@ class Attempt:
 
     def argv(self) -> list[str]:
         if self.py is not None:
-            return [sys.executable, "-c", "from sandbox_lib import *\n" + self.py]
+            return [SANDBOX_PYTHON, "-c", "from sandbox_lib import *\n" + self.py]
         assert self.sh is not None
         return ["sh", "-c", self.sh]
 
@@ -104,7 +104,7 @@ def run_batch(
     plan = [{"name": _key(a.name), "argv": a.argv(), "timeout": a.timeout} for a in attempts]
     (ctl / "plan.json").write_text(json.dumps(plan))
     argv = [*CORRIDOR, "run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(state), "--workspace",
-            str(ws), *args, "--", sys.executable, "driver.py", str(ctl)]  # fmt: skip
+            str(ws), *args, "--", SANDBOX_PYTHON, "driver.py", str(ctl)]  # fmt: skip
     begin = lab.mark()
     proc = lab.popen(argv, env=env, cwd=str(ws))
     marks: dict[str, tuple[Mark, Mark]] = {}

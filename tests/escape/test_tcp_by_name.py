@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.lab.config import CORRIDOR_LAB_FLAGS
+from tests.lab.config import CORRIDOR_LAB_FLAGS, SANDBOX_PYTHON
 from tests.lab.harness import Lab
 
 # A git protocol request (pkt-line: 4 hex digits of length, then the command).
@@ -57,7 +57,7 @@ def test_tcp_by_name_reaches_an_allowed_host_port(
     with lab.capture() as cap:
         out, events = corridor(
             lab, tmp_path, "--allow", f"{name}:{port}", "--",
-            sys.executable, "-c", exchange_script(name, port, payload),
+            SANDBOX_PYTHON, "-c", exchange_script(name, port, payload),
         )  # fmt: skip
     assert out.strip() == "echoed"
     conns = [e for e in events if e.get("kind") == "conn"]
@@ -86,7 +86,7 @@ def test_an_address_never_resolved_needs_a_cidr_rule(lab: Lab, tmp_path: Path) -
     script = exchange_script(real, 5432, PG_SSL_REQUEST)
     with lab.capture() as cap:
         out, events = corridor(
-            lab, tmp_path, "--allow", "echo.test:5432", "--", sys.executable, "-c", script
+            lab, tmp_path, "--allow", "echo.test:5432", "--", SANDBOX_PYTHON, "-c", script
         )
     assert out.strip() == "got None"
     refused = [e for e in events if e.get("kind") == "conn" and e["decision"] == "deny"]
@@ -95,7 +95,7 @@ def test_an_address_never_resolved_needs_a_cidr_rule(lab: Lab, tmp_path: Path) -
     # A cidr rule naming the address lets the sandbox connect to it by number.
     out, _ = corridor(
         lab, tmp_path / "with-rule", "--allow", f"{real}/32:5432", "--",
-        sys.executable, "-c", script,
+        SANDBOX_PYTHON, "-c", script,
     )  # fmt: skip
     assert out.strip() == "echoed"
 
@@ -113,7 +113,7 @@ def test_a_wide_cidr_rule_does_not_open_internal_ranges(lab: Lab, tmp_path: Path
     )
     with lab.capture() as cap:
         out, events = corridor(
-            lab, tmp_path, "--policy", str(policy), "--", sys.executable, "-c", script
+            lab, tmp_path, "--policy", str(policy), "--", SANDBOX_PYTHON, "-c", script
         )
     assert out.split() == [
         "169.254.169.254", "403", "10.0.0.5", "403", "127.0.0.1", "None", "100.64.0.1", "403",

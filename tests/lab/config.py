@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,11 @@ DNS_V6 = "2001:db8:53::53"
 
 # Every TCP connection and UDP datagram that is not for a listed service is diverted
 # (nft tproxy) to this port. Port 1 (tcpmux) is nothing any test would serve on.
+# The interpreter that test scripts run with inside the sandbox: the real one behind the
+# test venv, since the venv may sit where the sandbox cannot see it (a checkout under the
+# host's /tmp, which the sandbox replaces with its own).
+SANDBOX_PYTHON = os.path.realpath(sys.executable)
+
 CATCHALL_PORT = 1
 
 # Harness <-> world: the world prints READY_LINE once it serves; on its control socket it

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.lab.config import SANDBOX_PYTHON
 from tests.lab.world_pkg import PACKAGE, SPLIT_FILES_HOST, SPLIT_PACKAGE, VALUE, VERSION
 
 pytestmark = pytest.mark.lab
 
 CORRIDOR = [sys.executable, "-m", "corridor"]
-PYTHON = sys.executable  # its pip runs inside the sandbox (the file system is read-only)
+PYTHON = SANDBOX_PYTHON  # its pip runs inside the sandbox (the file system is read-only)
 NPM = shutil.which("npm") or "/usr/bin/npm"
 # Variables of the outer environment that would change what pip or npm discover.
 CLEARED = {
