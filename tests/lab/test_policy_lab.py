@@ -90,7 +90,10 @@ def reach(lab, *names: str) -> list[str]:
 
 
 def corridor_run(lab, state: Path, ws: Path, *args: str, env=None, timeout: float = 180):
-    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws), *args]
+    # The deps templates inspect registry hosts (package events): the gateway verifies the
+    # lab mirrors' certificates against the lab CA.
+    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws),
+            "--upstream-ca", str(lab.ca_pem), *args]
     return lab.run(argv, cwd=str(ws), env=env, timeout=timeout)
 
 
@@ -244,7 +247,7 @@ def test_node_fetch_reaches_an_allowed_host_through_the_transparent_path(lab, ws
     assert ("npm-mirror.test", "allow") in dns
     assert ("denied.test", "deny") in dns
     tls = [(c["host"], c["protocol"], c["decision"]) for c in rows if c.get("kind") == "conn"]
-    assert ("npm-mirror.test", "tls", "allow") in tls
+    assert ("npm-mirror.test", "https", "allow") in tls  # inspected: a registry host
     assert all(q["host"] != "denied.test" for q in cap.http_requests())
     assert cap.catchall() == []
 

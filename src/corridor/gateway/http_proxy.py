@@ -265,6 +265,7 @@ class HttpExchange:
         self.gw.record(
             Kind.HTTP,
             conn_id=self.conn_id,
+            decision="allow",  # refused requests are recorded by _deny
             protocol=self.protocol,
             host=tgt.host,
             port=port,

@@ -163,9 +163,11 @@ def _rule_target(host: str) -> str:
 
 
 def _rule(target: str, port: int, origin: str) -> Rule:
+    # Registry hosts are inspected so that every package download is recorded (audit
+    # package events need the URL, which TLS hides otherwise).
     if "/" in target:
         return Rule(cidr=ipaddress.ip_network(target), ports=[port], origin=origin)
-    return Rule(host=target, ports=[port], origin=origin)
+    return Rule(host=target, ports=[port], inspect=True, origin=origin)
 
 
 def _split_words(value: str) -> list[str]:
