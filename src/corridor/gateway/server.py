@@ -21,6 +21,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 from corridor.audit.events import Event, Kind
@@ -770,43 +771,30 @@ async def _tell(writer: asyncio.StreamWriter, http: bool, d: Decision, status: i
 
 
 async def _send_403(writer: asyncio.StreamWriter, d: Decision) -> None:
-    body = refusal_body(d)
-    head = (
-        "HTTP/1.1 403 Forbidden\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f'X-Corridor-Decision: deny; reason="{_header_safe(d.reason)}"\r\n'
-        "Connection: close\r\n\r\n"
-    ).encode()
-    try:
-        writer.write(head + body)
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    close_quietly(writer)
+    await _send_plain(writer, 403, refusal_body(d), decision_reason=d.reason)
 
 
 async def _send_503(writer: asyncio.StreamWriter, reason: str) -> None:
-    body = f"corridor: {reason}\n".encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f'X-Corridor-Decision: deny; reason="{_header_safe(reason)}"\r\n'
-        "Connection: close\r\n\r\n"
-    ).encode()
-    try:
-        writer.write(head + body)
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    close_quietly(writer)
+    await _send_plain(writer, 503, f"corridor: {reason}\n".encode(), decision_reason=reason)
 
 
 async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
-    body = f"corridor: {reason}\n".encode()
+    await _send_plain(writer, status, f"corridor: {reason}\n".encode())
+
+
+async def _send_plain(
+    writer: asyncio.StreamWriter, status: int, body: bytes, *, decision_reason: str | None = None
+) -> None:
+    """One plain-text answer, then close: how the gateway speaks to HTTP clients it refuses."""
+    decision = (
+        f'X-Corridor-Decision: deny; reason="{_header_safe(decision_reason)}"\r\n'
+        if decision_reason is not None
+        else ""
+    )
     head = (
-        f"HTTP/1.1 {status} Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n{decision}Connection: close\r\n\r\n"
     ).encode()
     try:
         writer.write(head + body)
