@@ -481,7 +481,13 @@ def test_a_request_head_must_arrive_within_the_head_timeout() -> None:
                 await asyncio.sleep(TICK / 4)
                 if r.at_eof():
                     break
-            assert await asyncio.wait_for(r.read(), SLACK) == b""
+            try:
+                closed = await asyncio.wait_for(r.read(), SLACK) == b""
+            except ConnectionResetError:
+                # The gateway closed with the client's bytes unread: the kernel says so
+                # with a reset instead of an orderly end. Either way it hung up.
+                closed = True
+            assert closed
             assert time.monotonic() - start < TICK + SLACK
             w.close()
 
