@@ -1,0 +1,1 @@
+"""Tests of the harness's own logic: `.venv/bin/pytest bench/tests`."""
