@@ -560,7 +560,8 @@ class Report:
                 f"after: {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}"
                 + ("" if others is None else
                    f"; processes other than the bench's used {others:.2f} cores on average "
-                   "during the run")
+                   "during the run (the load average after it is mostly the bench's own "
+                   "64 client threads)")
                 + "."
                 + (" **The machine was shared with other developers running tests: figures "
                    "are noisier and lower than on an idle machine.**"
