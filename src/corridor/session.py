@@ -9,8 +9,10 @@ command ends, the gateway stops and the log is flushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -96,11 +98,23 @@ def check_state_dir(state_dir: Path, workspace: Path) -> Path:
     return resolved
 
 
+def raise_open_file_limit() -> None:
+    """Every tunnel holds two sockets: the common soft limit (1024) would refuse new
+    connections near 500 tunnels, so take the hard limit the system grants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        # On failure the soft limit stays; the gateway then refuses with a reason.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(opts: RunOptions) -> RunResult:
     home = Path(os.environ.get("HOME") or os.path.expanduser("~"))
     workspace = check_workspace(opts.workspace, home)
     state_dir = check_state_dir(opts.state_dir, workspace)
     tools = find_tools()
+    raise_open_file_limit()
     rootless = os.getuid() != 0
     if rootless:
         check_user_namespaces()
