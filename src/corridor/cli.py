@@ -6,7 +6,6 @@ line on stderr and exit 2; nothing below prints tracebacks for them.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,16 +13,6 @@ import click
 
 from corridor import __version__
 from corridor.errors import EXIT_USAGE, UserError
-
-
-def _state_dir(value: str | None) -> Path:
-    from corridor.audit import default_state_dir
-
-    if value:
-        return Path(value)
-    env = os.environ.get("CORRIDOR_STATE_DIR")
-    return Path(env) if env else default_state_dir()
-
 
 STATE_DIR_HELP = "Where the event log lives (default: $XDG_STATE_HOME/corridor)."
 
@@ -126,7 +115,7 @@ def run(
         command=list(command),
         policy=policy,
         workspace=workspace or Path.cwd(),
-        state_dir=_state_dir(state_dir),
+        state_dir=state_dir_from(state_dir),
         quiet=quiet,
         upstream_ca=upstream_ca,
         pass_env=list(pass_env),
@@ -166,7 +155,7 @@ def log(session_id, blocked, fmt, as_json, follow, state_dir) -> None:
     if as_json and fmt not in (None, "jsonl"):
         raise UserError(f"--json and --format {fmt} exclude each other")
     fmt = "jsonl" if as_json else fmt or "table"
-    show_log(session_id, blocked, fmt, follow, state_dir if state_dir else str(_state_dir(None)))
+    show_log(session_id, blocked, fmt, follow, state_dir)  # None: the default state dir
 
 
 def _unsafe_ranges(values: tuple[str, ...]) -> tuple:
@@ -216,7 +205,7 @@ def main() -> None:
 from corridor.cli_policy import policy as _policy_group  # noqa: E402  (the `policy` group)
 
 cli.add_command(_policy_group)
-from corridor.cli_audit import key, report, suggest, verify  # noqa: E402  (audit commands)
+from corridor.cli_audit import key, report, state_dir_from, suggest, verify  # noqa: E402
 
 for _command in (verify, report, key, suggest):
     cli.add_command(_command)

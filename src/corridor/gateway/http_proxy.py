@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from corridor.audit.events import Kind
 from corridor.gateway.credentials import Finding
 from corridor.gateway.http_target import (
     RequestTarget,
@@ -220,7 +221,7 @@ class HttpExchange:
             return False
         for name in used:
             self.gw.record(
-                _kind("CREDENTIAL"),
+                Kind.CREDENTIAL,
                 conn_id=self.conn_id,
                 protocol=self.protocol,
                 host=tgt.host,
@@ -260,8 +261,6 @@ class HttpExchange:
 
     def _record_request(self, ev: h11.Request, tgt: RequestTarget, port: int) -> None:
         """One HTTP event per inspected request: method, path (never the query), status."""
-        from corridor.audit.events import Kind
-
         self.gw.record(
             Kind.HTTP,
             conn_id=self.conn_id,
@@ -354,7 +353,7 @@ class HttpExchange:
         self.refused = True
         self.gw.stats.blocked += 1
         self.gw.record(
-            _kind("EXFILTRATION"),
+            Kind.EXFILTRATION,
             conn_id=self.conn_id,
             protocol=self.protocol,
             host=host,
@@ -492,7 +491,7 @@ class HttpExchange:
             self.gw.record_decision(self.conn_id, self.protocol, host, port, None, d)
         else:
             self.gw.record(
-                _kind_connection(),
+                Kind.CONNECTION,
                 conn_id=self.conn_id,
                 protocol=self.protocol,
                 host=host,
@@ -586,18 +585,6 @@ def _host_key(host: str) -> str:
     """How hosts compare: normalised names; addresses in their one canonical spelling."""
     literal = parse_ip_literal(host)
     return str(literal) if literal is not None else normalize_host(host)
-
-
-def _kind_connection():
-    from corridor.audit.events import Kind
-
-    return Kind.CONNECTION
-
-
-def _kind(name: str):
-    from corridor.audit.events import Kind
-
-    return Kind[name]
 
 
 def _safe(text: str) -> str:
