@@ -8,23 +8,34 @@ command ends, the gateway stops and the log is flushed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import getpass
 import os
 import resource
+import select
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corridor.audit import Event, EventWriter, Kind, load_or_create_signer, new_session_id
+from corridor.audit import (
+    Event,
+    EventWriter,
+    Kind,
+    load_or_create_signer,
+    new_session_id,
+    read_events,
+    recover,
+)
+from corridor.audit.keys import Signer
 from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.credentials import Broker
+from corridor.gateway.process import BuildGateway, GatewayFailed, GatewayProcess
 from corridor.gateway.server import Gateway
 from corridor.gateway.tlsca import SessionCA
 from corridor.policy import Policy, policy_hash, policy_to_dict
@@ -38,6 +49,8 @@ from corridor.sandbox.trust import write_trust
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EVENTS_DB = "events.db"
+# corridor itself failed (here: the gateway died), as distinct from the command's own code.
+EXIT_GATEWAY_FAILED = 125
 
 
 @dataclass
@@ -140,31 +153,36 @@ def run(opts: RunOptions) -> RunResult:
     senv.env.update(broker.sandbox_env())
     check_no_secret(broker, senv.env, opts.command)
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # The signing key closes the session with a signed checkpoint (audit/keys.py).
-    writer = EventWriter(opts.state_dir / EVENTS_DB, load_or_create_signer(opts.state_dir))
-    writer.flush()  # an unusable state directory stops the run before anything starts
+    db = opts.state_dir / EVENTS_DB
+    # The signing key closes the session with a signed checkpoint (audit/keys.py); read
+    # now so that an unusable key stops the run before anything starts.
+    signer = load_or_create_signer(opts.state_dir)
     started = time.time()
-    writer.emit(
-        Event(
-            session=session,
-            kind=Kind.SESSION_START,
-            ts=started,
-            data={
-                "command": opts.command,
-                "workspace": str(workspace),
-                "cwd": str(cwd),
-                "user": _user_name(),
-                "uid": os.getuid(),
-                "rootless": rootless,
-                "policy": policy_to_dict(opts.policy),
-                "policy_hash": policy_hash(opts.policy),
-                "unsafe_allow_private": [str(r.network) for r in opts.unsafe_allow_private],
-                "env_passed": sorted(senv.env),
-                "env_dropped": list(senv.dropped),
-                "credentials": broker.describe(),
-            },
+    # This writer records the start and is closed before the gateway is forked (a fork
+    # must not copy a live writer thread); it does not seal: the session goes on.
+    with EventWriter(db, signer, keep_open={session}) as writer:
+        writer.flush()  # an unusable state directory stops the run before anything starts
+        writer.emit(
+            Event(
+                session=session,
+                kind=Kind.SESSION_START,
+                ts=started,
+                data={
+                    "command": opts.command,
+                    "workspace": str(workspace),
+                    "cwd": str(cwd),
+                    "user": _user_name(),
+                    "uid": os.getuid(),
+                    "rootless": rootless,
+                    "policy": policy_to_dict(opts.policy),
+                    "policy_hash": policy_hash(opts.policy),
+                    "unsafe_allow_private": [str(r.network) for r in opts.unsafe_allow_private],
+                    "env_passed": sorted(senv.env),
+                    "env_dropped": list(senv.dropped),
+                    "credentials": broker.describe(),
+                },
+            )
         )
-    )
     # Made last before the sandbox: nothing can fail between this and the `finally`
     # that removes the trust directory.
     ca: SessionCA | None = None
@@ -182,77 +200,147 @@ def run(opts: RunOptions) -> RunResult:
         hidden=(state_dir,),
         trust_dir=trust_parent / "trust" if trust_parent else None,
     )
-    exit_code = 125
-    gateway: Gateway | None = None
-    try:
-        sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
-        gateway = Gateway(
+
+    def build(emit: Callable[[Event], None]) -> Gateway:  # runs in the gateway process
+        return Gateway(
             policy=opts.policy,
             session=session,
-            emit=writer.emit,
+            emit=emit,
             unsafe=opts.unsafe_allow_private,
             ca=ca,
             upstream_cas=upstream_cas,
             broker=broker if broker.credentials else None,
         )
-        exit_code = asyncio.run(_serve(gateway, sandbox))
+
+    outcome = Outcome(exit_code=125)
+    try:
+        sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
+        outcome = contain(sandbox, build, lambda: EventWriter(db, signer, keep_open={session}))
     finally:
-        stats = gateway.stats if gateway else None
-        writer.emit(
-            Event(
-                session=session,
-                kind=Kind.SESSION_END,
-                ts=time.time(),
-                data={
-                    "exit_code": exit_code,
-                    "signal": exit_code - 128 if exit_code > 128 else None,
-                    "duration_ms": round((time.time() - started) * 1000, 3),
-                    "connections_allowed": stats.allowed if stats else 0,
-                    "connections_blocked": stats.blocked if stats else 0,
-                    "dns_queries": stats.dns if stats else 0,
-                    "dns_refused": stats.dns_refused if stats else 0,
-                },
-            )
-        )
-        writer.seal(session)  # the signed checkpoint: the session's last record
-        writer.close()
+        end_session(db, signer, session, started, outcome)
         if trust_parent is not None:
             shutil.rmtree(trust_parent, ignore_errors=True)
-    return RunResult(
-        session, exit_code, stats.allowed if stats else 0, stats.blocked if stats else 0
-    )
+    if outcome.failed:
+        raise GatewayFailed(
+            f"{outcome.gateway_error}: the sandbox was ended, since it has no network "
+            "without the gateway",
+            hint=f"the session's events up to then are in the log: corridor log --session "
+            f"{session}",
+            exit_code=EXIT_GATEWAY_FAILED,
+        )
+    if outcome.gateway_error and not opts.quiet:
+        print(f"corridor: warning: {outcome.gateway_error}", file=sys.stderr)
+    return RunResult(session, outcome.exit_code, outcome.allowed, outcome.blocked)
 
 
-async def _serve(gateway: Gateway, sandbox: Sandbox) -> int:
-    loop = asyncio.get_running_loop()
+@dataclass
+class Outcome:
+    """How a contained run ended: the command's exit code and the gateway's account."""
+
+    exit_code: int
+    stats: dict[str, int] | None = None
+    gateway_error: str | None = None
+    failed: bool = False  # the gateway ended before the command: the command was killed
+
+    @property
+    def allowed(self) -> int:
+        return (self.stats or {}).get("allowed", 0)
+
+    @property
+    def blocked(self) -> int:
+        return (self.stats or {}).get("blocked", 0)
+
+
+def contain(sandbox: Sandbox, build: BuildGateway, open_log: Callable[[], EventWriter]) -> Outcome:
+    """Fork the gateway onto the sandbox's listeners, release the command, and watch both
+    until the command ends (then stop the gateway) or the gateway ends (then kill the
+    command: without the gateway the sandbox has no way out)."""
     try:
-        await gateway.start(sandbox.listeners)
+        gateway = GatewayProcess.spawn(
+            build, sandbox.listeners, open_log, close_in_child=[sandbox.ctl]
+        )
     except BaseException:
         sandbox.kill()
         sandbox.proc.wait()
+        sandbox.close()
         raise
-    exited: asyncio.Future[int] = loop.create_future()
-    pidfd = os.pidfd_open(sandbox.proc.pid)
-
-    def on_exit() -> None:
-        loop.remove_reader(pidfd)
-        if not exited.done():
-            exited.set_result(_exit_code(sandbox.proc.wait()))
-
-    loop.add_reader(pidfd, on_exit)
-    for sig in RELAYED_SIGNALS:
-        loop.add_signal_handler(sig, sandbox.relay_signal, sig)
+    for listener in sandbox.listeners.values():
+        listener.close()  # the gateway holds them now, and only it: its death closes them
+    sandbox_fd = os.pidfd_open(sandbox.proc.pid)
+    previous = {sig: signal.signal(sig, _relay_to(sandbox)) for sig in RELAYED_SIGNALS}
     try:
-        sandbox.start()
-        return await exited
+        gateway.wait_ready()
+        with contextlib.suppress(OSError):  # a sandbox that already died is seen below
+            sandbox.start()
+        poller = select.poll()
+        poller.register(sandbox_fd, select.POLLIN)
+        poller.register(gateway.pidfd, select.POLLIN)
+        ended = {fd for fd, _ in poller.poll()}
+        if gateway.pidfd in ended:
+            sandbox.kill()
+            code = _exit_code(sandbox.proc.wait())
+            end = gateway.wait(deadline=time.monotonic() + 1.0)
+            return Outcome(code, end.stats, end.error or "the gateway stopped", failed=True)
+        code = _exit_code(sandbox.proc.wait())
+        end = gateway.stop()
+        return Outcome(code, end.stats, end.error)
     finally:
-        for sig in RELAYED_SIGNALS:
-            loop.remove_signal_handler(sig)
-        os.close(pidfd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(sandbox_fd)
         sandbox.kill()
         sandbox.proc.wait()
-        await gateway.stop()
+        gateway.kill()
+        gateway.wait(deadline=time.monotonic())
+        gateway.close()
         sandbox.close()
+
+
+def _relay_to(sandbox: Sandbox) -> Callable[[int, object], None]:
+    def relay(sig: int, _frame: object) -> None:
+        sandbox.relay_signal(sig)
+
+    return relay
+
+
+def end_session(db: Path, signer: Signer, session: str, started: float, outcome: Outcome) -> None:
+    """Close the session's log: import a dead gateway's spool, record the end, seal."""
+    # The session is not over: its checkpoint comes after session_end.
+    recover(db, signer, keep_open={session})
+    stats = outcome.stats
+    if stats is None:  # the gateway died: count what its events say
+        stats = _counts_from_log(db, session)
+    data: dict[str, object] = {
+        "exit_code": outcome.exit_code,
+        "signal": outcome.exit_code - 128 if outcome.exit_code > 128 else None,
+        "duration_ms": round((time.time() - started) * 1000, 3),
+        "connections_allowed": stats.get("allowed", 0),
+        "connections_blocked": stats.get("blocked", 0),
+        "dns_queries": stats.get("dns", 0),
+        "dns_refused": stats.get("dns_refused", 0),
+        "dns_dropped": stats.get("dns_dropped", 0),
+    }
+    if outcome.gateway_error:
+        data["gateway_error"] = outcome.gateway_error
+    if outcome.failed:
+        data["gateway_failed"] = True
+    with EventWriter(db, signer) as writer:
+        writer.emit(Event(session=session, kind=Kind.SESSION_END, ts=time.time(), data=data))
+        writer.seal(session)  # the signed checkpoint: the session's last record
+
+
+def _counts_from_log(db: Path, session: str) -> dict[str, int]:
+    from corridor.audit.render import ALLOW, DENY, ROW_CONN, ROW_DNS, connection_rows
+
+    rows = connection_rows(read_events(db, session=session))
+    conns = [row for row in rows if row.kind == ROW_CONN]
+    queries = [row for row in rows if row.kind == ROW_DNS]
+    return {
+        "allowed": sum(row.decision == ALLOW for row in conns),
+        "blocked": sum(row.decision == DENY for row in conns),
+        "dns": len(queries),
+        "dns_refused": sum(row.decision == DENY for row in queries),
+    }
 
 
 def make_trust(session: str, upstream_cas: tuple[Path, ...]) -> tuple[SessionCA, Path, dict]:

@@ -225,6 +225,9 @@ def _outcome(end: Event | None) -> Text:
     if end is None:
         return Text("no end recorded (still running, or corridor was killed)", style="yellow")
     data = end.data or {}
+    if data.get("gateway_failed"):
+        # The command was ended because the gateway died: that is the outcome to see.
+        return Text(f"ended: {_printable(str(data.get('gateway_error')))}", style="red")
     if data.get("signal") is not None:
         return Text(f"killed by {_signal_name(data['signal'])}", style="yellow")
     code = data.get("exit_code")

@@ -70,6 +70,10 @@ def summarize(session: str, events: Sequence[Event]) -> dict[str, Any]:
             "duration_ms": end_data.get("duration_ms"),
             "exit_code": end_data.get("exit_code"),
             "signal": end_data.get("signal"),
+            # Set when the gateway died before the command ended (the command was ended).
+            "gateway_error": end_data.get("gateway_error")
+            if end_data.get("gateway_failed")
+            else None,
         },
         "policy": {
             "hash": start_data.get("policy_hash"),
@@ -334,6 +338,8 @@ def _outcome(when: dict[str, Any]) -> str:
         return "(no end recorded)"
     duration = when.get("duration_ms")
     took = f" after {human_duration(duration)}" if isinstance(duration, int | float) else ""
+    if when.get("gateway_error"):
+        return f"ended{took}: {_safe(str(when['gateway_error']))}; the command was stopped"
     if when.get("signal") is not None:
         return f"killed by signal {when['signal']}{took}"
     return f"exit {when.get('exit_code')}{took}"

@@ -29,7 +29,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +215,9 @@ class EventWriter:
     spool file for the next corridor command to import, and `flush()` and `close()` raise
     `StoreError`. Construction raises `StoreError` when the spool cannot be created.
     `signer` is needed to `seal()` sessions; `close()` seals every session this writer
-    wrote to that is not sealed yet.
+    wrote to that is not sealed yet, except those in `keep_open` (a session that another
+    writer goes on with: `corridor run` writes one session from two processes in turn);
+    the spools of dead writers it imports are sealed the same way.
     """
 
     def __init__(
@@ -224,9 +226,11 @@ class EventWriter:
         signer: Signer | None = None,
         *,
         spool_limit: int = SPOOL_ROTATE_BYTES,
+        keep_open: Collection[str] = (),
     ) -> None:
         self.db_path = Path(db_path)
         self._signer = signer
+        self._keep_open = frozenset(keep_open)
         self._spool_dir = spools.spool_dir(self.db_path)
         self._stem = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._index = 0
@@ -356,7 +360,9 @@ class EventWriter:
         chains = None
         try:
             self._conn = _open_for_writing(self.db_path)
-            self._recovered = recover_with(self._conn, self._spool_dir, self._signer)
+            self._recovered = recover_with(
+                self._conn, self._spool_dir, self._signer, self._keep_open
+            )
             chains = _Chains(self._conn)
         except Exception as exc:
             self._fail(exc, 0)
@@ -445,7 +451,9 @@ class EventWriter:
         if chains is None or self._error is not None:
             return
         if self._signer is not None:
-            unsealed = [s for s, sealed in chains.sealed.items() if not sealed]
+            unsealed = [
+                s for s, sealed in chains.sealed.items() if not sealed and s not in self._keep_open
+            ]
             if unsealed:
                 self._commit(chains, [_Seal(s) for s in unsealed], 0)
         if self._error is None:
@@ -566,18 +574,21 @@ class Recovered:
     damaged_bytes: int = 0  # an unreadable tail of the spool (a write cut short)
 
 
-def recover(db_path: Path, signer: Signer | None) -> list[Recovered]:
+def recover(
+    db_path: Path, signer: Signer | None, keep_open: Collection[str] = ()
+) -> list[Recovered]:
     """Import the spools of writers that died (any corridor command calls this first).
 
-    Returns what was recovered; an empty list (and nothing opened for writing) when no
-    dead spool exists.
+    Their sessions are sealed (a checkpoint marked `recovered`) except those in
+    `keep_open`, which their owner is still writing. Returns what was recovered; an
+    empty list (and nothing opened for writing) when no dead spool exists.
     """
     directory = spools.spool_dir(Path(db_path))
     if not any(p.suffix in (spools.SPOOL_SUFFIX, spools.TMP_SUFFIX) for p in _listdir(directory)):
         return []
     conn = _open_for_writing(Path(db_path))
     try:
-        return recover_with(conn, directory, signer)
+        return recover_with(conn, directory, signer, keep_open)
     finally:
         conn.close()
 
@@ -587,21 +598,27 @@ def _listdir(directory: Path) -> list[Path]:
 
 
 def recover_with(
-    conn: sqlite3.Connection, directory: Path, signer: Signer | None
+    conn: sqlite3.Connection,
+    directory: Path,
+    signer: Signer | None,
+    keep_open: Collection[str] = (),
 ) -> list[Recovered]:
     """`recover` on an open connection (the writer thread's)."""
     dead = spools.dead_spools(directory)
     if not dead:
         return []
     try:
-        return _import(conn, dead, signer)
+        return _import(conn, dead, signer, frozenset(keep_open))
     finally:
         for spool in dead:
             spool.close()
 
 
 def _import(
-    conn: sqlite3.Connection, dead: list[spools.Spool], signer: Signer | None
+    conn: sqlite3.Connection,
+    dead: list[spools.Spool],
+    signer: Signer | None,
+    keep_open: frozenset[str],
 ) -> list[Recovered]:
     committed = dict(conn.execute("SELECT name, committed FROM spools").fetchall())
     chains = _Chains(conn)
@@ -631,6 +648,8 @@ def _import(
     sealed = []
     if signer is not None:
         for session, count in imported.items():
+            if session in keep_open:
+                continue
             chains.head(session)
             if not chains.sealed.get(session):
                 rows.append(chains.checkpoint(session, signer, recovered=True, imported=count))

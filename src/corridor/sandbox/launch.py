@@ -158,7 +158,9 @@ def start_sandbox(
         json.dumps(cfg),
     ]
     argv = bwrap_argv(tools.bwrap, spec, init_argv)
-    proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env)
+    # Its own process group: a terminal's Ctrl-C goes to corridor's group, and corridor
+    # relays it to the command; bwrap itself must not die of it first.
+    proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env, process_group=0)
     child.close()
     parent.settimeout(SETUP_TIMEOUT_S)
     try:
