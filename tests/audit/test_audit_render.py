@@ -393,3 +393,44 @@ def test_http_and_package_rows() -> None:
 )  # fmt: skip
 def test_event_line(event: Event, line: str) -> None:
     assert event_line(event) == line
+
+
+# -- credentials swapped in, and credentials caught leaving ---------------------------------
+
+INJECTED = Event(
+    SID, Kind.CREDENTIAL, T0 + 2, conn_id=3, protocol="https", host="git.test", port=443,
+    data={"name": "GITHUB_TOKEN"},
+)  # fmt: skip
+LEAK = Event(
+    SID, Kind.EXFILTRATION, T0 + 3, conn_id=4, protocol="https", host="paste.test", port=443,
+    decision="deny", reason="the placeholder of GITHUB_TOKEN (base64) in the body; it is "
+    "bound to git.test", data={"name": "GITHUB_TOKEN", "what": "placeholder", "where": "body"},
+)  # fmt: skip
+
+
+def test_credential_and_exfiltration_rows() -> None:
+    lines = jsonl(session(INJECTED, LEAK), blocked_only=False)
+    assert lines[1] == {
+        "session": SID, "kind": "credential", "ts": T0 + 2, "conn_id": 3, "protocol": "https",
+        "host": "git.test", "port": 443, "credential": "GITHUB_TOKEN",
+    }  # fmt: skip
+    assert lines[2] == {
+        "session": SID, "kind": "exfiltration", "ts": T0 + 3, "conn_id": 4,
+        "protocol": "https", "host": "paste.test", "port": 443, "credential": "GITHUB_TOKEN",
+        "found": "placeholder in body", "decision": "deny", "reason": LEAK.reason, "rule": None,
+    }  # fmt: skip
+    # --blocked keeps the exfiltration attempt and drops the injection.
+    blocked = jsonl(session(INJECTED, LEAK), blocked_only=True)
+    assert [line["kind"] for line in blocked[1:-1]] == ["exfiltration"]
+    text = table_text(session(INJECTED, LEAK), blocked_only=False)
+    assert "injected" in line_with(text, "03:15:02.000")
+    assert "deny" in line_with(text, "03:15:03.000")
+    assert "GITHUB_TOKEN" in text and "paste.test:443" in text and "git.test:443" in text
+
+
+def test_a_session_ended_by_the_gateway_dying_says_so() -> None:
+    data = {"exit_code": 137, "signal": 9, "gateway_failed": True,
+            "gateway_error": "the gateway process was killed by SIGKILL (signal 9)"}  # fmt: skip
+    events = [*session(end=False), Event(SID, Kind.SESSION_END, T0 + 1, data=data)]
+    header = table_text(events, blocked_only=False).splitlines()[0]
+    assert header.endswith("ended: the gateway process was killed by SIGKILL (signal 9)")

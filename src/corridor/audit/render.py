@@ -37,6 +37,8 @@ ROW_CONN = "conn"
 ROW_DNS = "dns"
 ROW_HTTP = "http"
 ROW_PACKAGE = "package"
+ROW_CREDENTIAL = "credential"  # a credential swapped in (its name, never its value)
+ROW_EXFILTRATION = "exfiltration"  # a credential seen going to a host it is not bound to
 # JSON-lines keys per row kind: every key is always present (null when unknown), in this
 # order, so `jq` filters and column-based tools see one shape per kind.
 CONN_KEYS = (
@@ -56,6 +58,13 @@ PACKAGE_KEYS = (
     "file", "url",
 )  # fmt: skip
 _PACKAGE_FIELDS = ("ecosystem", "name", "version", "file", "url")
+CREDENTIAL_KEYS = (
+    "session", "kind", "ts", "conn_id", "protocol", "host", "port", "credential",
+)  # fmt: skip
+EXFILTRATION_KEYS = (
+    "session", "kind", "ts", "conn_id", "protocol", "host", "port", "credential", "found",
+    "decision", "reason", "rule",
+)  # fmt: skip
 
 DECISION_STYLES = {ALLOW: "green", DENY: "bold red", WOULD_DENY: "bold yellow"}
 ROW_STYLES = {DENY: "red", WOULD_DENY: "yellow"}
@@ -87,6 +96,8 @@ class Row:
     path: str | None = None
     status: int | None = None
     package: tuple[tuple[str, Any], ...] = ()  # package rows: ecosystem, name, version, ...
+    credential: str | None = None  # credential and exfiltration rows: the credential's name
+    found: str | None = None  # exfiltration rows: what was seen where (e.g. "base64 in body")
 
     @property
     def blocked(self) -> bool:
@@ -101,6 +112,10 @@ class Row:
             return {name: values[name] for name in DNS_KEYS}
         if self.kind == ROW_HTTP:
             return {name: getattr(self, name) for name in HTTP_KEYS}
+        if self.kind == ROW_CREDENTIAL:
+            return {name: getattr(self, name) for name in CREDENTIAL_KEYS}
+        if self.kind == ROW_EXFILTRATION:
+            return {name: getattr(self, name) for name in EXFILTRATION_KEYS}
         if self.kind == ROW_PACKAGE:
             package = dict(self.package)
             return {
@@ -122,6 +137,8 @@ def connection_rows(events: Iterable[Event]) -> list[Row]:
             rows.append(_http_row(event))
         elif event.kind is Kind.PACKAGE:
             rows.append(_package_row(event))
+        elif event.kind in (Kind.CREDENTIAL, Kind.EXFILTRATION):
+            rows.append(_credential_row(event))
         elif event.kind is Kind.CONNECTION:
             if event.conn_id is not None:
                 open_rows[(event.session, event.conn_id)] = len(rows)
@@ -161,6 +178,20 @@ def _package_row(event: Event) -> Row:
     return Row(
         session=event.session, kind=ROW_PACKAGE, ts=event.ts, host=event.host, port=event.port,
         conn_id=event.conn_id, package=package,
+    )  # fmt: skip
+
+
+def _credential_row(event: Event) -> Row:
+    data = event.data or {}
+    name = data.get("name")
+    found = " in ".join(str(data[key]) for key in ("what", "where") if data.get(key))
+    exfiltration = event.kind is Kind.EXFILTRATION
+    return Row(
+        session=event.session, kind=ROW_EXFILTRATION if exfiltration else ROW_CREDENTIAL,
+        ts=event.ts, decision=event.decision if exfiltration else None, reason=event.reason,
+        rule=event.rule, protocol=event.protocol, host=event.host, port=event.port,
+        conn_id=event.conn_id, credential=None if name is None else str(name),
+        found=(found or None) if exfiltration else None,
     )  # fmt: skip
 
 
@@ -270,6 +301,14 @@ def _cells(row: Row) -> list[Text]:
     elif row.kind == ROW_HTTP:
         status = "" if row.status is None else f" -> {row.status}"
         destination = f"{row.method or UNKNOWN} {_destination(row)}{row.path or ''}{status}"
+        traffic = ["", "", ""]
+    elif row.kind == ROW_CREDENTIAL:
+        destination = f"{row.credential or UNKNOWN} -> {_destination(row)}"
+        decision = "injected"
+        traffic = ["", "", ""]
+    elif row.kind == ROW_EXFILTRATION:
+        found = f" ({row.found})" if row.found else ""
+        destination = f"{row.credential or UNKNOWN}{found} -> {_destination(row)}"
         traffic = ["", "", ""]
     elif row.kind == ROW_PACKAGE:
         package = dict(row.package)
