@@ -3,9 +3,10 @@
 `EventWriter.emit()` is what the gateway calls before it dials upstream. It encodes the
 event (audit/chain.py), appends the line to the writer's spool file with one `write()`
 (audit/spool.py: from then on the event survives `kill -9` of corridor) and queues it.
-One background thread takes whatever is queued (up to `MAX_BATCH` events), chains each
-record to the previous one of its session, inserts the batch and the spool's new
-committed offset in one transaction, and repeats (group commit).
+One background thread takes what is queued every `COMMIT_INTERVAL_S` (at once when
+asked to flush, seal or close; up to `MAX_BATCH` events at a time), chains each record
+to the previous one of its session, inserts the batch and the spool's new committed
+offset in one transaction, and repeats (group commit).
 
 WAL with `synchronous=NORMAL` keeps every committed transaction through a crash or kill
 of the process (only a power loss can drop the last few), and lets `corridor log` read
@@ -24,11 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Collection, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ MAX_BATCH = 4096
 # Several sessions may write the same database; SQLite has one writer at a time, and a
 # batch commit takes milliseconds, so waiting this long means something is really stuck.
 BUSY_TIMEOUT_MS = 10_000
+# How often the writer thread looks for new events when nobody asked it to hurry: the
+# delay before `corridor log --follow` sees an event, and the number of wake-ups per
+# second of an idle writer.
+COMMIT_INTERVAL_S = 0.05
 # How often a waiting `flush()` checks that the writer thread is still alive.
 FLUSH_POLL_S = 1.0
 # A spool holds the same bytes as the rows it fed; past this size the writer starts a new
@@ -238,8 +243,12 @@ class EventWriter:
         self._fd = self._spool.fd
         self._spool_size = 0
         self._spool_limit = spool_limit
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._put = self._queue.put  # bound once: emit() sits on the gateway's hot path
+        # Events wait here for the thread, which takes them every COMMIT_INTERVAL_S (or at
+        # once on flush/seal/close): appending wakes no one, so the gateway's hot path
+        # pays no thread switch per event (deque appends and pops are thread-safe).
+        self._pending: deque[object] = deque()
+        self._put = self._pending.append  # bound once: emit() sits on the gateway's hot path
+        self._wake = threading.Event()
         self._emit_lock = threading.Lock()  # spool order == queue order == chain order
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -329,12 +338,14 @@ class EventWriter:
             if self._closed:
                 raise RuntimeError("EventWriter.seal() after close()")
             self._put(_Seal(session))
+        self._wake.set()
 
     def flush(self) -> None:
         """Wait until every event emitted before this call is committed (or failed)."""
         if self._thread.is_alive():
             done = threading.Event()
             self._put(done)
+            self._wake.set()
             while not done.wait(FLUSH_POLL_S):
                 if not self._thread.is_alive():
                     break
@@ -347,6 +358,7 @@ class EventWriter:
             if stopping:
                 self._closed = True
                 self._put(_STOP)
+                self._wake.set()
         if stopping:
             self._thread.join()
             # Only now: while emit() could still run, its descriptor had to stay open (a
@@ -378,12 +390,18 @@ class EventWriter:
 
     def _drain_once(self, chains: _Chains | None) -> bool:
         """Write one batch; False once close() asked to stop."""
-        item = self._queue.get()
+        pending = self._pending
+        if not pending:
+            # Cleared after the wait: anything queued before a set() is in `pending` by
+            # now and is taken below; a set() after the clear makes the next wait return.
+            self._wake.wait(COMMIT_INTERVAL_S)
+            self._wake.clear()
         work: list[object] = []
         flushes: list[threading.Event] = []
         running = True
         events = 0
-        while True:
+        while pending and events < MAX_BATCH:
+            item = pending.popleft()
             if type(item) is tuple:
                 work.append(item)
                 events += 1
@@ -394,12 +412,6 @@ class EventWriter:
                 flushes.append(item)
             else:
                 work.append(item)
-            if events >= MAX_BATCH:
-                break
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
         if work:
             self._commit(chains, work, events)
         for done in flushes:
