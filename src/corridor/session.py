@@ -35,7 +35,7 @@ from corridor.audit.keys import Signer
 from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.credentials import Broker
-from corridor.gateway.process import BuildGateway, GatewayFailed, GatewayProcess
+from corridor.gateway.process import GatewayFailed, GatewayProcess
 from corridor.gateway.server import Gateway
 from corridor.gateway.tlsca import SessionCA
 from corridor.policy import Policy, policy_hash, policy_to_dict
@@ -214,8 +214,15 @@ def run(opts: RunOptions) -> RunResult:
 
     outcome = Outcome(exit_code=125)
     try:
-        sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
-        outcome = contain(sandbox, build, lambda: EventWriter(db, signer, keep_open={session}))
+        # Forked first: the gateway gets ready while the sandbox starts.
+        gateway = GatewayProcess.spawn(build, lambda: EventWriter(db, signer, keep_open={session}))
+        try:
+            sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
+        except BaseException:
+            gateway.stop()  # it never got its sockets: it ends at once
+            gateway.close()
+            raise
+        outcome = contain(sandbox, gateway)
     finally:
         end_session(db, signer, session, started, outcome)
         if trust_parent is not None:
@@ -251,19 +258,11 @@ class Outcome:
         return (self.stats or {}).get("blocked", 0)
 
 
-def contain(sandbox: Sandbox, build: BuildGateway, open_log: Callable[[], EventWriter]) -> Outcome:
-    """Fork the gateway onto the sandbox's listeners, release the command, and watch both
+def contain(sandbox: Sandbox, gateway: GatewayProcess) -> Outcome:
+    """Hand the sandbox's listeners to the gateway, release the command, and watch both
     until the command ends (then stop the gateway) or the gateway ends (then kill the
     command: without the gateway the sandbox has no way out)."""
-    try:
-        gateway = GatewayProcess.spawn(
-            build, sandbox.listeners, open_log, close_in_child=[sandbox.ctl]
-        )
-    except BaseException:
-        sandbox.kill()
-        sandbox.proc.wait()
-        sandbox.close()
-        raise
+    gateway.hand_over(sandbox.listeners)
     for listener in sandbox.listeners.values():
         listener.close()  # the gateway holds them now, and only it: its death closes them
     sandbox_fd = os.pidfd_open(sandbox.proc.pid)

@@ -29,7 +29,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from corridor.audit import Event, EventWriter
@@ -49,6 +49,7 @@ _PR_SET_NAME = 15
 # the command, which corridor relays them to.
 _TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 _REPORT_LIMIT = 1 << 20
+_MAX_LISTENERS = 16  # the sandbox hands over a handful (sandbox/launch.py)
 
 
 class GatewayFailed(UserError):
@@ -69,11 +70,12 @@ BuildGateway = Callable[[Callable[[Event], None]], Gateway]
 class GatewayProcess:
     """The parent's handle on the forked gateway."""
 
-    def __init__(self, pid: int, stop_w: int, report_r: int) -> None:
+    def __init__(self, pid: int, stop_w: int, report_r: int, hand: socket.socket) -> None:
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)
         self._stop_w = stop_w
         self._report_r = report_r
+        self._hand: socket.socket | None = hand
         self._buffer = b""
         self._status: int | None = None
         self._ready = False
@@ -81,28 +83,39 @@ class GatewayProcess:
         self._error: str | None = None
 
     @classmethod
-    def spawn(
-        cls,
-        build: BuildGateway,
-        listeners: dict[str, socket.socket],
-        open_log: Callable[[], EventWriter],
-        close_in_child: Iterable[socket.socket] = (),
-    ) -> GatewayProcess:
-        """Fork the gateway; the caller must hold no other thread (fork copies only this
-        one, and a lock held by another would stay locked in the child)."""
+    def spawn(cls, build: BuildGateway, open_log: Callable[[], EventWriter]) -> GatewayProcess:
+        """Fork the gateway, which gets ready (imports, policy tables, TLS contexts, its
+        event writer) while the caller starts the sandbox, then waits for `hand_over`.
+
+        The caller must hold no other thread (fork copies only this one, and a lock held
+        by another would stay locked in the child).
+        """
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        hand, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(stop_w)
             os.close(report_r)
-            for sock in close_in_child:
-                sock.close()
-            _child(build, listeners, open_log, stop_r, report_w, parent)
+            hand.close()
+            _child(build, open_log, hand_child, stop_r, report_w, parent)
         os.close(stop_r)
         os.close(report_w)
-        return cls(pid, stop_w, report_r)
+        hand_child.close()
+        return cls(pid, stop_w, report_r, hand)
+
+    def hand_over(self, listeners: dict[str, socket.socket]) -> None:
+        """Send the sandbox's listening sockets to the gateway (SCM_RIGHTS). The caller
+        then closes its own copies, so that the gateway is their only holder."""
+        assert self._hand is not None, "hand_over() twice"
+        names = list(listeners)
+        with contextlib.suppress(OSError):  # a gateway that died is seen by wait_ready
+            socket.send_fds(
+                self._hand, [json.dumps(names).encode()], [listeners[n].fileno() for n in names]
+            )
+        self._hand.close()
+        self._hand = None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Return once the gateway serves; raise `GatewayFailed` if it ended or hung."""
@@ -118,7 +131,11 @@ class GatewayProcess:
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> GatewayEnd:
-        """Ask the gateway to finish (close the stop pipe) and wait for its end."""
+        """Ask the gateway to finish (close the stop pipe; or, before `hand_over`, the
+        pair it waits on for the sockets) and wait for its end."""
+        if self._hand is not None:
+            self._hand.close()
+            self._hand = None
         self._close_stop()
         return self.wait(deadline=time.monotonic() + timeout)
 
@@ -135,6 +152,9 @@ class GatewayProcess:
     def close(self) -> None:
         """Release the pipes and the pidfd (after `wait`)."""
         self._close_stop()
+        if self._hand is not None:
+            self._hand.close()
+            self._hand = None
         for fd in (self._report_r, self.pidfd):
             if fd >= 0:
                 os.close(fd)
@@ -187,10 +207,10 @@ def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
-            name = signal.Signals(sig).name
+            name = f"{signal.Signals(sig).name} (signal {sig})"
         except ValueError:
             name = f"signal {sig}"
-        return f"the gateway process was killed by {name} (signal {sig})"
+        return f"the gateway process was killed by {name}"
     code = os.waitstatus_to_exitcode(status)
     return "the gateway process ended" if code == 0 else f"the gateway process exited {code}"
 
@@ -200,8 +220,8 @@ def describe_status(status: int) -> str:
 
 def _child(  # pragma: no cover - covered by the lab tests, in a forked process
     build: BuildGateway,
-    listeners: dict[str, socket.socket],
     open_log: Callable[[], EventWriter],
+    hand: socket.socket,
     stop_r: int,
     report_w: int,
     parent: int,
@@ -212,6 +232,7 @@ def _child(  # pragma: no cover - covered by the lab tests, in a forked process
         writer = open_log()  # its own spool and thread; it does not seal the session
         try:
             gateway = build(writer.emit)
+            listeners = _receive_listeners(hand)
             asyncio.run(_serve(gateway, listeners, stop_r, report_w))
         finally:
             writer.close()
@@ -223,6 +244,21 @@ def _child(  # pragma: no cover - covered by the lab tests, in a forked process
         _report(report_w, {"error": f"{type(exc).__name__}: {exc}"})
     finally:
         os._exit(code)  # never run the parent's cleanup (finally blocks, atexit) here
+
+
+def _receive_listeners(hand: socket.socket) -> dict[str, socket.socket]:
+    """The sockets `hand_over` sent; the parent closing the pair instead means that the
+    sandbox did not start: nothing to serve."""
+    message, fds, _flags, _addr = socket.recv_fds(hand, 65536, _MAX_LISTENERS)
+    hand.close()
+    if not message:
+        raise GatewayFailed("the sandbox did not start")
+    names = json.loads(message)
+    if not isinstance(names, list) or len(names) != len(fds):
+        for fd in fds:
+            os.close(fd)
+        raise GatewayFailed("the listening sockets did not arrive whole")
+    return {str(name): socket.socket(fileno=fd) for name, fd in zip(names, fds, strict=True)}
 
 
 def _name_and_tie_to(parent: int) -> None:
