@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corridor.audit import (
     Event,
@@ -36,8 +37,6 @@ from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.credentials import Broker
 from corridor.gateway.process import GatewayFailed, GatewayProcess
-from corridor.gateway.server import Gateway
-from corridor.gateway.tlsca import SessionCA
 from corridor.policy import Policy, policy_hash, policy_to_dict
 from corridor.policy.decide import wants_inspection
 from corridor.sandbox.bwrap import TRUST_MOUNT, SandboxSpec
@@ -45,7 +44,10 @@ from corridor.sandbox.env import build_env
 from corridor.sandbox.home import is_secret
 from corridor.sandbox.launch import Sandbox, check_user_namespaces, find_tools, start_sandbox
 from corridor.sandbox.nft import Ports
-from corridor.sandbox.trust import write_trust
+
+if TYPE_CHECKING:  # imported where used: the gateway's modules load in its own process
+    from corridor.gateway.server import Gateway
+    from corridor.gateway.tlsca import SessionCA
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EVENTS_DB = "events.db"
@@ -202,6 +204,8 @@ def run(opts: RunOptions) -> RunResult:
     )
 
     def build(emit: Callable[[Event], None]) -> Gateway:  # runs in the gateway process
+        from corridor.gateway.server import Gateway
+
         return Gateway(
             policy=opts.policy,
             session=session,
@@ -349,6 +353,9 @@ def make_trust(session: str, upstream_cas: tuple[Path, ...]) -> tuple[SessionCA,
     go in a fresh 0700 directory, bound read-only at TRUST_MOUNT; returns the CA, that
     directory (the caller removes it at the end) and the trust variables for the sandbox.
     """
+    from corridor.gateway.tlsca import SessionCA
+    from corridor.sandbox.trust import write_trust
+
     ca = SessionCA.generate(session)
     parent = Path(tempfile.mkdtemp(prefix="corridor-trust-"))
     try:

@@ -20,7 +20,6 @@ corridor relays to the sandboxed command instead.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import json
@@ -31,10 +30,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from corridor.audit import Event, EventWriter
 from corridor.errors import UserError
-from corridor.gateway.server import Gateway
+
+if TYPE_CHECKING:  # the parent never needs them: the child imports them after the fork
+    from corridor.audit import Event, EventWriter
+    from corridor.gateway.server import Gateway
 
 PROCESS_NAME = b"corridor-gw"  # /proc/PID/comm holds at most 15 bytes
 # The gateway binds nothing and loads nothing slow before it serves: this only catches
@@ -64,7 +66,7 @@ class GatewayEnd:
     error: str | None
 
 
-BuildGateway = Callable[[Callable[[Event], None]], Gateway]
+BuildGateway = Callable[[Callable[["Event"], None]], "Gateway"]
 
 
 class GatewayProcess:
@@ -233,6 +235,8 @@ def _child(  # pragma: no cover - covered by the lab tests, in a forked process
         try:
             gateway = build(writer.emit)
             listeners = _receive_listeners(hand)
+            import asyncio  # here: the parent does not need the event loop machinery
+
             asyncio.run(_serve(gateway, listeners, stop_r, report_w))
         finally:
             writer.close()
@@ -274,6 +278,8 @@ def _name_and_tie_to(parent: int) -> None:
 async def _serve(
     gateway: Gateway, listeners: dict[str, socket.socket], stop_r: int, report_w: int
 ) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     await gateway.start(listeners)
     stopped = loop.create_future()
