@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,9 @@ def run(opts: RunOptions) -> RunResult:
     outcome = Outcome(exit_code=125)
     try:
         # Forked first: the gateway gets ready while the sandbox starts.
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:  # a bug of ours: say so now rather than deadlock in the child later
+            raise RuntimeError(f"cannot fork the gateway while threads run: {others}")
         gateway = GatewayProcess.spawn(build, lambda: EventWriter(db, signer, keep_open={session}))
         try:
             sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
