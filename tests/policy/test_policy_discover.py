@@ -21,14 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import corridor.policy.discover as d
-from corridor.policy.discover import (
-    HostContext,
+from corridor.policy.discover import HostContext, discover, discover_many, pip_config_files
+from corridor.policy.registry_config import (
+    PIP_URL_KEYS,
     NoEndpoint,
     Source,
     cargo_env_sources,
     cargo_sources,
-    discover,
-    discover_many,
     goproxy_urls,
     gosumdb_url,
     npm_env_registries,
@@ -36,7 +35,6 @@ from corridor.policy.discover import (
     parse_goenv,
     parse_npmrc,
     parse_pip_config,
-    pip_config_files,
     pip_settings,
     rules_from_sources,
     url_endpoint,
@@ -426,7 +424,7 @@ def _system_pip_sets_urls() -> bool:
             values = parse_pip_config(Path(path).read_text())
         except (OSError, ValueError):
             continue
-        if any(key in d.PIP_URL_KEYS for _, key in values):
+        if any(key in PIP_URL_KEYS for _, key in values):
             return True
     return False
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from corridor.policy.discover import HostContext, discover_many, rules_from_sources
+from corridor.policy.discover import HostContext, discover_many
 from corridor.policy.model import Policy, Rule
+from corridor.policy.registry_config import rules_from_sources
 
 HTTPS = [443]
 READ = ["GET", "HEAD"]
