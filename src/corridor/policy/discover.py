@@ -6,9 +6,10 @@ their environment, and where nothing is configured their own defaults, as they r
 them). A company mirror is therefore followed automatically.
 
 Layout: the parsers (INI, .npmrc, YAML and TOML config, GOPROXY lists, URLs) are pure and
-take text or data (policy/registry_config.py); here, `HostContext` is the one place that reads files, the environment and
-PATH; `_ask` is the one place that runs a tool. Discovery never fails a run: a tool that
-is missing, slow or broken contributes nothing, and a note says so.
+take text or data (policy/registry_config.py); here, `HostContext` is the one place that
+reads files, the environment and PATH; `_ask` is the one place that runs a tool.
+Discovery never fails a run: a tool that is missing, slow or broken contributes nothing,
+and a note says so.
 
 Tools are run outside the sandbox, so they are run where no project can steer them: in an
 empty temporary directory (a repository's own .npmrc, .yarnrc.yml or package.json
