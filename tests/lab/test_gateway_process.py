@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.lab.config import CORRIDOR_LAB_FLAGS
 from tests.lab.harness import Lab
 
@@ -62,8 +61,9 @@ def _running(marker: str) -> list[str]:
 def _start(lab: Lab, tmp_path: Path, script: str) -> subprocess.Popen:
     ws = tmp_path / "ws"
     ws.mkdir(exist_ok=True)
-    argv = _corridor("run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(tmp_path / "state"), "--workspace", str(ws),
-                     "--allow", "allowed.test", "--", "sh", "-c", script)  # fmt: skip
+    argv = _corridor("run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(tmp_path / "state"),
+                     "--workspace", str(ws), "--allow", "allowed.test", "--", "sh", "-c",
+                     script)  # fmt: skip
     return lab.popen(argv, cwd=str(ws))
 
 
@@ -76,7 +76,7 @@ def test_killing_the_gateway_ends_the_command_and_says_why(lab: Lab, tmp_path: P
     gateway = _gateway_of(p.pid)
     killed = time.monotonic()
     os.kill(gateway, signal.SIGKILL)
-    out, err = p.communicate(timeout=10)
+    _out, err = p.communicate(timeout=10)
     assert time.monotonic() - killed < 2.0
     assert p.returncode == 125, err
     assert "corridor: error: the gateway process was killed by SIGKILL (signal 9)" in err
@@ -107,8 +107,9 @@ def test_no_connection_gets_through_after_the_gateway_died(lab: Lab, tmp_path: P
     )
     ws = tmp_path / "ws"
     ws.mkdir()
-    argv = _corridor("run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(tmp_path / "state"), "--workspace", str(ws),
-                     "--allow", "allowed.test", "--", "sh", "-c", script)  # fmt: skip
+    argv = _corridor("run", *CORRIDOR_LAB_FLAGS, "--state-dir", str(tmp_path / "state"),
+                     "--workspace", str(ws), "--allow", "allowed.test", "--", "sh", "-c",
+                     script)  # fmt: skip
     with lab.capture() as cap:
         p = lab.popen(argv, cwd=str(ws), stdin=subprocess.PIPE)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
