@@ -46,8 +46,21 @@ HTTP_PORT = 80
 HTTPS_PORT = 443
 DNS_PORT = 53
 ECHO_PORTS = (7, 5432)  # the classic echo port, and a "database-like" one
-# Package registries the world can serve on a name's HTTPS port (tests/lab/world_pkg.py).
-PACKAGE_SITES = ("pypi", "npm")
+# Package registries the world can serve on a name's HTTPS port (tests/lab/world_pkg.py);
+# pypi-private is the simple index behind basic auth (PRIVATE_INDEX_USER/PASSWORD).
+PACKAGE_SITES = ("pypi", "npm", "pypi-private")
+# A git host over smart HTTP that requires GIT_TOKEN (tests/lab/world_git.py).
+GIT_SITE = "git"
+# A WebSocket echo on GET /ws (tests/lab/world_ws.py).
+WS_SITE = "ws"
+# Everything a name may serve on its HTTPS port instead of the ordinary web routes.
+HTTPS_SITES = (*PACKAGE_SITES, GIT_SITE, WS_SITE)
+
+# Secrets the world's private services demand. Tests hand them to corridor as the real
+# credential values (from env: or file:) and check the sandbox never holds them.
+GIT_TOKEN = "lab-git-token-Wc4Tn8Qe2Yr6Ux1Ko5Jm"
+PRIVATE_INDEX_USER = "ci-bot"
+PRIVATE_INDEX_PASSWORD = "lab-index-pw-Hs3Dv7Fa9Gb2Lq"
 
 # Where the world must never be: the product's synthetic ranges (a lab address there would
 # hide a leak behind a product answer), the lab link itself (it would be reached on the
@@ -99,7 +112,7 @@ class HostEntry:
     aaaa: tuple[str, ...] = ()
     http: bool = True  # HTTP on 80 and HTTPS on 443 on every address of the name
     echo_ports: tuple[int, ...] = ()
-    site: str | None = None  # a package registry (PACKAGE_SITES) served on HTTPS instead
+    site: str | None = None  # a package registry or git host (HTTPS_SITES) on HTTPS instead
     # A trap: the world answers DNS for the name and serves nothing on its addresses,
     # which may be where corridor must never dial (metadata, loopback, private, the lab's
     # own address). A connection that gets there is a leak the catch-all (or a test's
@@ -110,8 +123,8 @@ class HostEntry:
     rebind_a: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.site is not None and (self.site not in PACKAGE_SITES or not self.http):
-            raise ValueError(f"site {self.site!r} needs http and one of {PACKAGE_SITES}")
+        if self.site is not None and (self.site not in HTTPS_SITES or not self.http):
+            raise ValueError(f"site {self.site!r} needs http and one of {HTTPS_SITES}")
         if self.trap and (self.http or self.echo_ports):
             raise ValueError("a trap name serves nothing: set http=False and no echo_ports")
         for text, version in [*((t, 4) for t in self.a), *((t, 6) for t in self.aaaa)]:
@@ -153,6 +166,12 @@ DEFAULT_HOSTS: Mapping[str, HostEntry] = {
     "pypi-mirror.test": HostEntry(a=("203.0.113.30",), site="pypi"),
     "pypi-files.test": HostEntry(a=("203.0.113.32",), site="pypi"),
     "npm-mirror.test": HostEntry(a=("203.0.113.31",), aaaa=("2001:db8:10::31",), site="npm"),
+    # A private index that answers 401 without PRIVATE_INDEX_USER:PRIVATE_INDEX_PASSWORD.
+    "pypi-private.test": HostEntry(a=("203.0.113.33",), site="pypi-private"),
+    # A GitHub-like git host: smart HTTP on HTTPS, 401 without GIT_TOKEN.
+    "forge.test": HostEntry(a=("203.0.113.40",), site=GIT_SITE),
+    # A WebSocket echo on HTTPS (wss://ws.test/ws).
+    "ws.test": HostEntry(a=("203.0.113.41",), site=WS_SITE),
 }
 
 
@@ -163,7 +182,7 @@ class Service:
     proto: str  # "tcp" or "udp"
     addr: str
     port: int
-    kind: str  # "dns", "http", "https", "echo", or a package site served on HTTPS
+    kind: str  # "dns", "http", "https", "echo", or a site (HTTPS_SITES) served on HTTPS
 
 
 @dataclass(frozen=True)

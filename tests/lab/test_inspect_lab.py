@@ -7,13 +7,12 @@ other hosts stay end-to-end TLS with the world's own (lab CA) certificate.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
 
 import pytest
-from tests.lab.config import CORRIDOR_LAB_FLAGS, SANDBOX_PYTHON
+from tests.lab.config import CORRIDOR_LAB_FLAGS
 
 from corridor.audit.store import read_events
 from corridor.policy import Policy, Rule, Target, decide
@@ -300,51 +299,7 @@ def test_expired_placeholder_is_refused(lab, tmp_path):
     assert_no_real_value_anywhere(lab, ws, state, r.stdout + r.stderr)
 
 
-@pytest.mark.lab
-def test_pip_download_with_a_brokered_basic_auth_password(lab, tmp_path):
-    from tests.lab.world_pkg import PACKAGE
-
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        "version: 1\n"
-        "allow:\n"
-        "  - host: pypi-mirror.test\n"
-        "credentials:\n"
-        "  - name: INDEX_PASSWORD\n"
-        "    from: env:CORRIDOR_LAB_REAL_TOKEN\n"
-        "    hosts: [pypi-mirror.test]\n"
-        "    inject: basic\n"
-        "    username: ci-bot\n"
-    )
-    state = tmp_path / "state"
-    # pip trusts the session CA through PIP_CERT / REQUESTS_CA_BUNDLE; the URL holds the
-    # placeholder, expanded by the sandbox's shell.
-    script = (
-        f"{SANDBOX_PYTHON} -m pip download -q --no-deps --no-cache-dir "
-        "--disable-pip-version-check --retries 0 --timeout 20 -d dl "
-        '--index-url "https://ci-bot:$INDEX_PASSWORD@pypi-mirror.test/simple/" '
-        f"{PACKAGE} && ls dl"
-    )
-    cleared = {n: None for n in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CONFIG_FILE")}
-    argv = [*CORRIDOR, "run", *CORRIDOR_LAB_FLAGS, "--upstream-ca", str(lab.ca_pem),
-            "--state-dir", str(state), "--workspace", str(ws), "--policy", str(policy),
-            "--", "sh", "-c", script]  # fmt: skip
-    with lab.capture() as cap:
-        r = lab.run(
-            argv, cwd=str(ws), timeout=120, env={**cleared, "CORRIDOR_LAB_REAL_TOKEN": REAL}
-        )
-        requests = cap.http_requests()
-    assert r.returncode == 0, r.stderr
-    assert ".whl" in r.stdout
-    expected = "Basic " + base64.b64encode(f"ci-bot:{REAL}".encode()).decode()
-    auths = {q["headers"].get("authorization") for q in requests}
-    assert auths == {expected}, auths
-    stored = read_events(state / "events.db")
-    assert any(e.kind == "package" and e.data["name"] for e in stored)
-    assert {e.data["name"] for e in stored if e.kind == "credential"} == {"INDEX_PASSWORD"}
-    assert REAL not in r.stdout + r.stderr
+# git and pip against servers that require the brokered secrets: test_credentials_lab.py
 
 
 @pytest.mark.lab

@@ -24,18 +24,24 @@ if __package__ in (None, ""):  # run as a script path: make `tests.lab` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.lab.config import (
+    GIT_SITE,
+    GIT_TOKEN,
+    HTTPS_SITES,
     PACKAGE_SITES,
     READY_LINE,
     SYNC_COMMAND,
     SYNC_REPLY,
+    WS_SITE,
     Service,
     WorldConfig,
 )
 from tests.lab.records import CATCHALL_LOG, DNS_LOG, HTTP_LOG, JsonlWriter
 from tests.lab.world_catchall import CatchAll, nft_ruleset
 from tests.lab.world_dns import UdpDns, tcp_dns_handler
+from tests.lab.world_git import GitHost, make_repository
 from tests.lab.world_http import HttpServer, tls_context
-from tests.lab.world_pkg import PackageServer, site_for
+from tests.lab.world_pkg import site_for, site_responder
+from tests.lab.world_ws import WsServer
 
 # A packet sent just before `sync` may still sit in a softirq backlog or a ready list of
 # the event loop; this pause lets it reach its handler before the reply goes out.
@@ -103,14 +109,21 @@ async def serve(config: WorldConfig) -> None:
         "echo": echo,
     }
     for site in PACKAGE_SITES:
-        handlers[site] = PackageServer(http_log, "https", site_for(site)).handle
+        handlers[site] = HttpServer(http_log, "https", site_responder(site_for(site))).handle
+    if any(host.site == GIT_SITE for host in config.hosts.values()):
+        # The repositories live in the lab directory, next to the logs, and go with it.
+        repos = Path(config.log_dir).parent / "git"
+        make_repository(repos)
+        git_host = GitHost(repos, GIT_TOKEN)
+        handlers[GIT_SITE] = HttpServer(http_log, "https", git_host.respond).handle
+    handlers[WS_SITE] = WsServer(http_log).handle
     servers = await catchall.start()
     for service in services:
         sock = bind_service_socket(service)
         if service.proto == "udp":
             await loop.create_datagram_endpoint(lambda: UdpDns(config.hosts, dns_log), sock=sock)
             continue
-        ssl_ctx = tls if service.kind in ("https", *PACKAGE_SITES) else None
+        ssl_ctx = tls if service.kind in ("https", *HTTPS_SITES) else None
         servers.append(await asyncio.start_server(handlers[service.kind], sock=sock, ssl=ssl_ctx))
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

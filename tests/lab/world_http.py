@@ -1,7 +1,8 @@
 """The world's web server: HTTP on 80 and HTTPS on 443 of every web name's address.
 
-`route` is sans-IO (request in, `Reply` out); `HttpServer` moves bytes with h11 and keeps
-connections alive across requests. Routes:
+`route` is sans-IO (request in, `Reply` out); `HttpServer` moves bytes with h11, keeps
+connections alive across requests and hands each `Request` to a responder: `web` (the
+routes below) by default, or another service's (the package sites, the git host). Routes:
   GET /          "hello from <host>\\n", the host taken from Host (or SNI, or the address)
   GET /bytes/N   N bytes of deterministic content (see `payload_chunks`), streamed
   GET /headers   the request headers as a JSON object (lower-case names)
@@ -12,10 +13,12 @@ Every request is logged before it is answered.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,8 @@ class Reply:
     content_type: str
     chunks: Iterable[bytes]
     length: int
+    # Headers besides Content-Type, Content-Length and Server (WWW-Authenticate, ...).
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def text(cls, status: int, body: str) -> Reply:
@@ -93,6 +98,46 @@ def route(method: str, path: str, host: str, headers: dict[str, str], body: byte
     return Reply.text(404, f"nothing at {path}\n")
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request as a responder sees it: header names in lower case, the body whole."""
+
+    method: str
+    path: str  # the request target, query included
+    host: str  # see `served_host`
+    headers: dict[str, str]
+    body: bytes
+
+
+# A service: one request in, its reply out (async, so a service may run a program).
+Responder = Callable[[Request], Awaitable[Reply]]
+
+
+async def web(request: Request) -> Reply:
+    """The ordinary web routes (`route`) as a responder."""
+    return route(request.method, request.path, request.host, request.headers, request.body)
+
+
+def basic_credentials(headers: dict[str, str]) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic` header, or None without a valid one."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = text.partition(":")
+    return (user, password) if colon else None
+
+
+def unauthorized(realm: str) -> Reply:
+    """401 with the challenge that makes clients (git, pip) send basic credentials."""
+    data = b"authentication required\n"
+    challenge = ("WWW-Authenticate", f'Basic realm="{realm}"')
+    return Reply(401, "text/plain; charset=utf-8", (data,), len(data), (challenge,))
+
+
 def served_host(host_header: str | None, sni: str | None, local_addr: str) -> str:
     """The name a request is for: Host without its port, else SNI, else the address."""
     if host_header:
@@ -116,11 +161,13 @@ def tls_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
 
 
 class HttpServer:
-    """Serves `route` over HTTP/1.1 with keep-alive, logging each request."""
+    """Serves a responder (`web` unless told) over HTTP/1.1 with keep-alive, logging each
+    request before it is answered."""
 
-    def __init__(self, log: JsonlWriter, scheme: str) -> None:
+    def __init__(self, log: JsonlWriter, scheme: str, respond: Responder = web) -> None:
         self._log = log
         self._scheme = scheme
+        self._respond = respond
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -168,7 +215,7 @@ class HttpServer:
         reply = (
             Reply.text(413, "body too large\n")
             if body is None
-            else route(method, path, host, headers, body)
+            else await self._respond(Request(method, path, host, headers, body))
         )
         await _send(conn, writer, reply)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
@@ -203,6 +250,7 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply
         ("Content-Type", reply.content_type),
         ("Content-Length", str(reply.length)),
         ("Server", _SERVER),
+        *reply.headers,
     ]
     writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
     for chunk in reply.chunks:

@@ -3,8 +3,10 @@
 Real clients (pip, npm) install from them, so the artifacts are real: a wheel and an npm
 tarball built here, at world start, with the hashes the clients check. Routes are sans-IO
 (`PypiSite.route`, `NpmSite.route`: method and path in, `Reply` or None out);
-`PackageServer` serves them over HTTP/1.1 with h11 and logs every request like the web
-server does (so `lab.capture().http_requests()` sees them).
+`site_responder` makes one a responder that world_http's `HttpServer` serves, logging every
+request like the web server does (so `lab.capture().http_requests()` sees them).
+`PrivateIndex` is the simple index behind basic auth (config.PRIVATE_INDEX_USER and
+PRIVATE_INDEX_PASSWORD): without them every path answers 401 with a Basic challenge.
 
   pypi:  GET /simple/                       project list
          GET /simple/<project>/             links to files (sha256 fragment)
@@ -16,7 +18,6 @@ Anything else falls through to the ordinary web routes (GET / says hello).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import hashlib
@@ -24,14 +25,18 @@ import html
 import io
 import json
 import re
-import ssl
 import tarfile
 import zipfile
-from dataclasses import dataclass
 
-import h11
-from tests.lab.records import JsonlWriter
-from tests.lab.world_http import Reply, _next_event, _read_body, _send, route, served_host
+from tests.lab.config import PRIVATE_INDEX_PASSWORD, PRIVATE_INDEX_USER
+from tests.lab.world_http import (
+    Reply,
+    Request,
+    Responder,
+    basic_credentials,
+    unauthorized,
+    web,
+)
 
 PACKAGE = "corridor-lab-pkg"
 VERSION = "1.0.0"
@@ -179,80 +184,43 @@ class NpmSite:
         return None
 
 
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    path: str
-    host: str
-    headers: dict[str, str]
+class PrivateIndex:
+    """The simple index behind basic auth: every request without the right user name and
+    password gets 401 and a challenge, as a company's private index answers."""
+
+    def __init__(self, user: str, password: str, realm: str = "private index") -> None:
+        self.site = PypiSite()
+        self._expected = (user, password)
+        self._realm = realm
+
+    def route(self, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        """The index's answer, a 401 without the credentials, or None for other paths."""
+        if basic_credentials(headers) != self._expected:
+            return unauthorized(self._realm)
+        return self.site.route(method, path)
 
 
-class PackageServer:
-    """Serves a package site over HTTP/1.1 (keep-alive), logging each request."""
-
-    def __init__(self, log: JsonlWriter, scheme: str, site: PypiSite | NpmSite) -> None:
-        self._log = log
-        self._scheme = scheme
-        self._site = site
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while await self._one_request(conn, reader, writer):
-                conn.start_next_cycle()
-        except (h11.ProtocolError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass  # a client that misbehaves or leaves just loses its connection
-        finally:
-            writer.close()
-
-    async def _one_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        event = await _next_event(conn, reader)
-        if not isinstance(event, h11.Request):
-            return False
-        request = self._request(event, writer)
-        body = await _read_body(conn, reader)
-        if isinstance(self._site, NpmSite):
-            reply = self._site.route(request.method, request.path, request.host)
-        else:
-            reply = self._site.route(request.method, request.path)
-        if reply is None:
-            reply = route(request.method, request.path, request.host, request.headers, body or b"")
-        await _send(conn, writer, reply)
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
-
-    def _request(self, event: h11.Request, writer: asyncio.StreamWriter) -> _Request:
-        headers: dict[str, str] = {}
-        for name, value in event.headers:
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        sni = getattr(writer.get_extra_info("ssl_object"), "lab_sni", None)
-        local = writer.get_extra_info("sockname")
-        peer = writer.get_extra_info("peername")
-        request = _Request(
-            event.method.decode("ascii"),
-            event.target.decode("latin-1"),
-            served_host(headers.get("host"), sni, local[0]),
-            headers,
-        )
-        self._log.write(
-            {
-                "scheme": self._scheme,
-                "host": request.host,
-                "sni": sni,
-                "method": request.method,
-                "path": request.path,
-                "headers": headers,
-                "src": peer[0],
-                "sport": peer[1],
-                "dst": local[0],
-                "dport": local[1],
-            }
-        )
-        return request
+Site = PypiSite | NpmSite | PrivateIndex
 
 
-def site_for(kind: str) -> PypiSite | NpmSite:
-    """The site a package service kind ("pypi", "npm") serves."""
+def site_for(kind: str) -> Site:
+    """The site a package service kind (config.PACKAGE_SITES) serves."""
+    if kind == "pypi-private":
+        return PrivateIndex(PRIVATE_INDEX_USER, PRIVATE_INDEX_PASSWORD)
     return {"pypi": PypiSite, "npm": NpmSite}[kind]()
+
+
+def site_responder(site: Site) -> Responder:
+    """The site as a responder for `HttpServer`: paths it does not serve fall through to
+    the ordinary web routes (GET / says hello)."""
+
+    async def respond(request: Request) -> Reply:
+        if isinstance(site, NpmSite):
+            reply = site.route(request.method, request.path, request.host)
+        elif isinstance(site, PrivateIndex):
+            reply = site.route(request.method, request.path, request.headers)
+        else:
+            reply = site.route(request.method, request.path)
+        return reply if reply is not None else await web(request)
+
+    return respond
