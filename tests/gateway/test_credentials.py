@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import random
 import re
 import sys
@@ -14,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corridor.errors import UserError
-from corridor.gateway import credentials
+from corridor.gateway import credentials, sources
 from corridor.gateway.credentials import (
     BASE62,
     EXFILTRATION,
     EXPIRED,
+    BodyScanner,
     Broker,
     Brokered,
     CredentialSpec,
@@ -353,7 +355,7 @@ def test_source_errors(source: str, message: str, hint: str | None):
 
 
 def test_command_timeout(monkeypatch):
-    monkeypatch.setattr(credentials, "COMMAND_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sources, "COMMAND_TIMEOUT_S", 0.2)
     with pytest.raises(UserError) as e:
         read_secret(one(spec(**{"from": "command:sleep 5"})), {"PATH": "/usr/bin:/bin"})
     assert e.value.message == (
@@ -652,6 +654,19 @@ ENCODINGS = {
 }
 
 
+def feed_all(scanner: BodyScanner, pieces: list[bytes]) -> tuple[bytes, list[Finding]]:
+    """What the scanner released over all `pieces` (and at the end), and its findings."""
+    released, found = [], []
+    for piece in pieces:
+        step = scanner.feed(piece)
+        released.append(step.release)
+        if step.finding is not None:
+            found.append(step.finding)
+            return b"".join(released), found
+    released.append(scanner.finish())
+    return b"".join(released), found
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     prefix=st.binary(max_size=40),
@@ -667,21 +682,93 @@ def test_body_scanner_finds_it_however_the_body_is_cut(prefix, suffix, encoding,
         body = ENCODINGS[encoding](prefix + secret + suffix)  # any alignment inside
     else:
         body = prefix + ENCODINGS[encoding](secret) + suffix
-    scanner = broker.body_scanner("other.test")
-    findings = []
-    last = 0
-    for cut in [*sorted({min(c, len(body)) for c in cuts}), len(body)]:
-        findings.append(scanner.feed(body[last:cut]))
-        last = cut
-    found = [f for f in findings if f is not None]
+    bounds = [0, *sorted({min(c, len(body)) for c in cuts}), len(body)]
+    pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    _released, found = feed_all(broker.body_scanner("other.test"), pieces)
     assert found and found[0].credential == "GITHUB_TOKEN" and found[0].what == what
+
+
+# name: (how the secret is written in the body after a prefix;
+#         where in the body the encoded secret starts: nothing from there on may leave)
+# fmt: off
+SPLIT = {
+    "plain": (lambda p, s: p + s, lambda p: len(p)),
+    "upper case": (lambda p, s: p + s.upper(), lambda p: len(p)),
+    "percent-encoded": (lambda p, s: p + pct_all(s), lambda p: len(p)),
+    "twice percent-encoded": (lambda p, s: p + pct_all(pct_all(s)), lambda p: len(p)),
+    "hex": (lambda p, s: p + s.hex().encode(), lambda p: len(p)),
+    "HEX": (lambda p, s: p + s.hex().upper().encode(), lambda p: len(p)),
+    # base64 of prefix + secret: the prefix is a whole number of 3-byte groups, and 0, 1
+    # or 2 more bytes put the secret at each offset of a group; its own characters start
+    # after 4 * (bytes before it) // 3.
+    "base64 offset 0": (lambda p, s: base64.b64encode(p + s), lambda p: 4 * len(p) // 3),
+    "base64 offset 1": (lambda p, s: base64.b64encode(p + b"x" + s),
+                        lambda p: 4 * (len(p) + 1) // 3),
+    "base64 offset 2": (lambda p, s: base64.b64encode(p + b"xy" + s),
+                        lambda p: 4 * (len(p) + 2) // 3),
+    "urlsafe base64": (lambda p, s: base64.urlsafe_b64encode(b"\xff" + p + s),
+                       lambda p: 4 * (len(p) + 1) // 3),
+    "base64, percent-encoded": (lambda p, s: p + pct_all(base64.b64encode(s)), lambda p: len(p)),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("what", ["placeholder", "value"])
+@pytest.mark.parametrize(("write", "start"), SPLIT.values(), ids=SPLIT)
+def test_a_value_split_in_two_at_any_offset_is_found_and_none_of_it_leaves(what: str, write, start):
+    broker = Broker.start(parse_credentials([GITHUB]), START, HOST_ENV)
+    secret = (placeholder(broker, "GITHUB_TOKEN") if what == "placeholder" else GH_REAL).encode()
+    # A prefix longer than what the scanner holds back, so that some of it is released.
+    prefix = b"z" * 2500 + b"data="  # 2505 bytes: 835 base64 groups
+    body = write(prefix, secret) + b"&end=1"
+    begins = start(prefix)
+    assert broker.body_scanner("other.test").hold < len(prefix)
+    for cut in range(len(body) + 1):
+        released, found = feed_all(broker.body_scanner("other.test"), [body[:cut], body[cut:]])
+        assert [(f.credential, f.what, f.where) for f in found] == [
+            ("GITHUB_TOKEN", what, "body")
+        ], cut
+        # Only bytes before the value (or its base64 characters) were let go.
+        assert body.startswith(released) and len(released) <= begins, cut
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.binary(max_size=5000), cuts=st.lists(st.integers(0, 5000), max_size=6))
+def test_a_clean_body_goes_through_whole_and_in_order(body: bytes, cuts: list[int]):
+    broker = Broker.start(parse_credentials([GITHUB]), START, HOST_ENV)
+    scanner = broker.body_scanner("other.test")
+    bounds = [0, *sorted({min(c, len(body)) for c in cuts}), len(body)]
+    released, found = feed_all(scanner, [body[a:b] for a, b in itertools.pairwise(bounds)])
+    assert found == []
+    assert released == body
+
+
+def test_the_scanner_holds_back_no_more_than_one_value_can_span():
+    broker = Broker.start(parse_credentials([GITHUB]), START, HOST_ENV)
+    scanner = broker.body_scanner("other.test")
+    # The longest needle is the real value's hex (2 characters a byte); each of the
+    # MAX_DECODE_ROUNDS rounds of percent-encoding may triple it on the wire.
+    longest = 2 * max(len(GH_REAL), len(placeholder(broker, "GITHUB_TOKEN")))
+    assert scanner.hold == longest * 3**credentials.MAX_DECODE_ROUNDS - 1
+    body = b"x" * (scanner.hold + 10)
+    assert scanner.feed(body[:5]).release == b""  # all of it might begin a value
+    assert scanner.feed(body[5:]).release == body[:10]
+    assert scanner.finish() == body[10:]
+
+
+def test_a_host_with_nothing_to_search_for_streams_without_holding_back():
+    broker = Broker.start(parse_credentials([GITHUB]), START, HOST_ENV)
+    scanner = broker.body_scanner("api.github.test")  # the credential's own host
+    assert scanner.hold == 0
+    assert scanner.feed(b"abc").release == b"abc"
+    assert scanner.finish() == b""
 
 
 @settings(max_examples=100, deadline=None)
 @given(body=st.binary(max_size=2000))
 def test_body_scanner_is_quiet_on_unrelated_bytes(body: bytes):
     broker = Broker.start(parse_credentials([GITHUB]), START, HOST_ENV)
-    assert broker.body_scanner("other.test").feed(body) is None
+    assert broker.body_scanner("other.test").feed(body).finding is None
 
 
 def test_short_values_are_not_scanned_for_but_placeholders_are():

@@ -5,6 +5,15 @@ every request on a kept-alive connection is seen, decided and framed, not only t
 first. A connection is bound to the host of its first request: a later request for
 another host is refused (keep-alive host switching is a classic filter bypass).
 CONNECT hands over to the gateway's tunnel path.
+
+A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`) is decided, scanned
+and injected like any request, and goes upstream with its upgrade headers; when upstream
+answers 101 the client gets the 101 and from then on bytes are relayed both ways as on a
+tunnel (byte cap and idle timeout still apply). When credentials are brokered, what the
+client sends in the WebSocket is searched too (ws_scan.py: frames unmasked, payloads
+scanned, a split value held back), and the client's compression offer is removed so that
+frames stay readable. Other upgrades (h2c, TLS/1.x) carry further HTTP requests that
+would then go unchecked: their offer is removed and the request goes on as HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -16,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from corridor.audit.events import Kind
-from corridor.gateway.credentials import Finding
+from corridor.audit.events import ALLOW, WOULD_DENY, Kind
 from corridor.gateway.http_target import (
     RequestTarget,
     TargetError,
@@ -25,8 +33,10 @@ from corridor.gateway.http_target import (
     rewrite_origin_form,
 )
 from corridor.gateway.limits import RELAY_CHUNK, LimitReached
-from corridor.gateway.relay import Counters, close_quietly, reset
+from corridor.gateway.relay import Counters, close_quietly, relay, reset
+from corridor.gateway.scan import Finding
 from corridor.gateway.upstream import UpstreamError, UpstreamTLSError, dial
+from corridor.gateway.ws_scan import FrameError, FrameScanner
 from corridor.policy import Decision, Target
 from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
 
@@ -57,6 +67,12 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+
+# Protocols a request may switch to (RFC 9110 7.8). WebSocket messages go to the endpoint
+# whose handshake request was checked; h2c or TLS/1.x would carry further requests that
+# the gateway no longer sees, bypassing method and path rules, so they are not offered.
+RELAYED_UPGRADES = frozenset({b"websocket"})
+WS_EXTENSIONS = b"sec-websocket-extensions"
 
 
 class _Closed(Exception):
@@ -102,6 +118,10 @@ class HttpExchange:
         self.request_up = 0  # body bytes of the current request / response, for its event
         self.request_down = 0
         self.status: int | None = None
+        # The upgrade offered upstream for the current request (None: none), and the
+        # protocol upstream switched to (None until a 101 arrives).
+        self.upgrade: bytes | None = None
+        self.switched: bytes | None = None
         self.up: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
         self.bound: tuple[str, int] | None = None
         self.counters = Counters(budget=gw.budget)
@@ -217,6 +237,12 @@ class HttpExchange:
                     await self._deny(ev, tgt.host, port, Decision(False, injected.refusal, None))
                     return False
                 headers, used = injected.headers, injected.used
+        self.upgrade = upgrade_offer(ev.headers)
+        if self.upgrade is not None:
+            if broker is not None and broker.scans(tgt.host):
+                # Compressed frames could not be searched: offer the server none.
+                headers = [(n, v) for n, v in headers if n.lower() != WS_EXTENSIONS]
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", self.upgrade)]
         if self.up is None and not await self._open_upstream(ev, tgt, port, d):
             return False
         for name in used:
@@ -230,12 +256,15 @@ class HttpExchange:
             )
         self.request_up = self.request_down = 0
         self.status = None
+        self.switched = None
         self._record_package(tgt, port)
         try:
             await self._exchange(ev, tgt, headers)
         finally:
-            if self.tls_host is not None:
-                self._record_request(ev, tgt, port)
+            # Inspected requests each get an event; a plain one when it is a would-deny
+            # (audit mode), so that every request enforce mode would refuse is recorded.
+            if self.tls_host is not None or d.would_deny:
+                self._record_request(ev, tgt, port, d)
         return self._next_cycle()
 
     def _record_package(self, tgt: RequestTarget, port: int) -> None:
@@ -259,12 +288,19 @@ class HttpExchange:
                 )
             )
 
-    def _record_request(self, ev: h11.Request, tgt: RequestTarget, port: int) -> None:
-        """One HTTP event per inspected request: method, path (never the query), status."""
+    def _record_request(self, ev: h11.Request, tgt: RequestTarget, port: int, d: Decision) -> None:
+        """One HTTP event per request that went upstream: method, path (never the query),
+        status, and for a switched protocol its name and the bytes relayed after the 101.
+
+        Refused requests are recorded by _deny; a request let through in audit mode that
+        enforce mode would refuse says `would-deny`, why, and by which rule.
+        """
         self.gw.record(
             Kind.HTTP,
             conn_id=self.conn_id,
-            decision="allow",  # refused requests are recorded by _deny
+            decision=WOULD_DENY if d.would_deny else ALLOW,
+            reason=d.reason if d.would_deny else None,
+            rule=d.rule if d.would_deny else None,
             protocol=self.protocol,
             host=tgt.host,
             port=port,
@@ -273,6 +309,11 @@ class HttpExchange:
             status=self.status,
             bytes_up=self.request_up,
             bytes_down=self.request_down,
+            data=(
+                {"upgrade": self.switched.decode("ascii", "replace")}
+                if self.switched is not None
+                else None
+            ),
         )
 
     def _mismatch(self, tgt: RequestTarget) -> str | None:
@@ -351,6 +392,14 @@ class HttpExchange:
     async def _exfiltration(self, host: str, port: int, finding: Finding) -> None:
         """Refuse a request that carries a credential bound to another host, and flag it."""
         self.refused = True
+        self._record_exfiltration(host, port, finding)
+        from corridor.gateway.server import refusal_body
+
+        d = Decision(False, finding.reason, None)
+        extra = [(b"X-Corridor-Decision", f'deny; reason="{_safe(d.reason)}"'.encode())]
+        await self._send_simple(403, refusal_body(d), extra)
+
+    def _record_exfiltration(self, host: str, port: int, finding: Finding) -> None:
         self.gw.stats.blocked += 1
         self.gw.record(
             Kind.EXFILTRATION,
@@ -367,11 +416,6 @@ class HttpExchange:
                 "encoding": finding.encoding,
             },
         )
-        from corridor.gateway.server import refusal_body
-
-        d = Decision(False, finding.reason, None)
-        extra = [(b"X-Corridor-Decision", f'deny; reason="{_safe(d.reason)}"'.encode())]
-        await self._send_simple(403, refusal_body(d), extra)
 
     async def _exchange(
         self, req: h11.Request, tgt: RequestTarget, headers: list[tuple[bytes, bytes]]
@@ -404,30 +448,102 @@ class HttpExchange:
             raise group.exceptions[0] from None
         except* (h11.ProtocolError, ConnectionError, OSError, _Closed) as group:
             raise _Closed from group
+        if self.switched is not None:
+            await self._relay_switched(uc, tgt)
+
+    async def _relay_switched(self, uc: h11.Connection, tgt: RequestTarget) -> None:
+        """After a 101: what either side sent past the heads, then bytes both ways.
+
+        With credentials to protect, the client's side is read through a FrameScanner: a
+        value found ends the WebSocket (reset both ways) and is flagged like any other.
+        """
+        assert self.up is not None
+        up_r, up_w, _ = self.up
+        up_up, down = self.counters.up, self.counters.down
+        broker = self.gw.broker
+        frames = None
+        reader: asyncio.StreamReader | _ScanningReader = self.reader
+        if broker is not None and broker.scans(tgt.host):
+            frames = FrameScanner(broker.body_scanner(tgt.host, "websocket message"))
+            reader = _ScanningReader(self.reader, frames)
+        # TLS towards the client has no half-close: once upstream is done, the client's
+        # connection is closed instead, or the client would wait for the half-closed timeout.
+        client_w = self.writer if self.writer.can_write_eof() else _CloseOnEof(self.writer)
+        try:
+            self._write_client(bytes(uc.trailing_data[0]))
+            early = bytes(self.client.trailing_data[0])
+            if frames is not None and early:
+                step = frames.feed(early)
+                if step.finding is not None:
+                    raise _Exfiltration(step.finding)
+                early = step.release
+            self._write_up(early)
+            self.ended = await relay(
+                reader,  # type: ignore[arg-type]  # the StreamReader subset relay uses
+                client_w,  # type: ignore[arg-type]  # the StreamWriter subset relay uses
+                up_r,
+                up_w,
+                self.counters,
+                self.gw.timeouts,
+            )
+        except* _Exfiltration as group:
+            # The frames holding the value never went upstream; the WebSocket ends here.
+            finding = group.exceptions[0].finding  # type: ignore[attr-defined]
+            self._record_exfiltration(tgt.host, tgt.port, finding)
+            self.ended = finding.reason
+            reset(up_w)
+            reset(self.writer)
+        except* FrameError as group:
+            reason = group.exceptions[0].reason  # type: ignore[attr-defined]
+            d = Decision(False, reason, None)
+            self.gw.record_decision(self.conn_id, self.protocol, tgt.host, tgt.port, None, d)
+            self.ended = reason
+            reset(up_w)
+            reset(self.writer)
+        finally:
+            self.request_up = self.counters.up - up_up
+            self.request_down = self.counters.down - down
 
     async def _pump_body(self, uc: h11.Connection, host: str) -> None:
-        scanner = self.gw.broker.body_scanner(host) if self.gw.broker is not None else None
+        broker = self.gw.broker
+        scanner = broker.body_scanner(host) if broker is not None else None
         while True:
             ev = await _next_event(self.client, self.reader, self.limits.idle_timeout_s)
             if isinstance(ev, h11.Data):
-                finding = scanner.feed(ev.data) if scanner is not None else None
-                if finding is not None:
-                    raise _Exfiltration(finding)
-                self.request_up += len(ev.data)
-                self._write_up(uc.send(h11.Data(data=ev.data)))
-                await self.up[1].drain()  # type: ignore[index]
+                data = ev.data
+                if scanner is not None:
+                    # Bytes that may begin a value the next piece completes stay here.
+                    step = scanner.feed(data)
+                    if step.finding is not None:
+                        raise _Exfiltration(step.finding)
+                    data = step.release
+                await self._send_body(uc, data)
             elif isinstance(ev, h11.EndOfMessage):
+                if scanner is not None:
+                    await self._send_body(uc, scanner.finish())
+                if broker is not None and ev.headers:
+                    # Trailers (chunked bodies) are headers too.
+                    finding = broker.scan(host, b"", ev.headers)
+                    if finding is not None:
+                        raise _Exfiltration(finding)
                 self._write_up(uc.send(h11.EndOfMessage(headers=ev.headers)))
                 return
             else:
                 raise _Closed
+
+    async def _send_body(self, uc: h11.Connection, data: bytes) -> None:
+        if data:
+            self.request_up += len(data)
+            self._write_up(uc.send(h11.Data(data=data)))
+            await self.up[1].drain()  # type: ignore[index]
 
     async def _pump_response(self, uc: h11.Connection, up_r: asyncio.StreamReader) -> None:
         while True:
             ev = await _next_event(uc, up_r, self.limits.idle_timeout_s)
             if isinstance(ev, h11.InformationalResponse):
                 if ev.status_code == 101:
-                    raise _Closed  # protocol switches are not relayed in plain mode
+                    self._switch(ev)
+                    return
                 self._write_client(self.client.send(ev))
             elif isinstance(ev, h11.Response):
                 self.status = ev.status_code
@@ -450,6 +566,23 @@ class HttpExchange:
                 return
             else:
                 raise _Closed
+
+    def _switch(self, ev: h11.InformationalResponse) -> None:
+        """Pass upstream's 101 on, when it switches to the protocol we offered."""
+        chosen = _tokens(ev.headers, b"upgrade")
+        if self.upgrade is None or len(chosen) != 1 or chosen[0] not in _offered(self.upgrade):
+            raise _Closed  # a switch nobody asked for: the exchange cannot go on
+        protocol = next(v for n, v in ev.headers if n.lower() == b"upgrade").strip()
+        headers = [
+            *_forward_headers(ev.headers),
+            (b"Connection", b"Upgrade"),
+            (b"Upgrade", protocol),
+        ]
+        self._write_client(
+            self.client.send(h11.InformationalResponse(status_code=101, headers=headers))
+        )
+        self.status = 101
+        self.switched = protocol
 
     def _next_cycle(self) -> bool:
         assert self.up is not None
@@ -579,6 +712,87 @@ def framing_problem(headers) -> str | None:
     if b"content-length" in names and b"transfer-encoding" in names:
         return "request smuggling: both Content-Length and Transfer-Encoding"
     return None
+
+
+def upgrade_offer(headers) -> bytes | None:
+    """The `Upgrade` value to send upstream for a request, or None.
+
+    An upgrade counts only when `Connection` names it (RFC 9110 7.8); of the protocols
+    offered, only those in RELAYED_UPGRADES are kept, as the client spelled them.
+    """
+    if b"upgrade" not in _tokens(headers, b"connection"):
+        return None
+    kept = [
+        p.strip()
+        for name, value in headers
+        if name.lower() == b"upgrade"
+        for p in value.split(b",")
+        if p.strip().split(b"/", 1)[0].lower() in RELAYED_UPGRADES
+    ]
+    return b", ".join(kept) or None
+
+
+def _offered(upgrade: bytes) -> set[bytes]:
+    return {p.strip().lower() for p in upgrade.split(b",")}
+
+
+def _tokens(headers, name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every `name` header, lower-cased."""
+    return [
+        t.strip().lower()
+        for n, v in headers
+        if n.lower() == name
+        for t in v.split(b",")
+        if t.strip()
+    ]
+
+
+class _ScanningReader:
+    """The client's side of a WebSocket, read through a FrameScanner: only what has been
+    searched comes out; a value found raises _Exfiltration."""
+
+    def __init__(self, reader: asyncio.StreamReader, frames: FrameScanner) -> None:
+        self._reader = reader
+        self._frames = frames
+        self._ended = False
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._ended:
+            data = await self._reader.read(n)
+            if not data:
+                self._ended = True
+                return self._frames.finish()  # what was held; b"" is the end
+            step = self._frames.feed(data)
+            if step.finding is not None:
+                raise _Exfiltration(step.finding)
+            if step.release:  # b"" would read as the end: wait for more instead
+                return step.release
+        return b""
+
+
+class _CloseOnEof:
+    """A client stream whose end-of-output closes it (TLS: close_notify, then close)."""
+
+    def __init__(self, stream: asyncio.StreamWriter) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data)
+
+    async def drain(self) -> None:
+        await self._stream.drain()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._stream.close()
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._stream.get_extra_info(name, default)
 
 
 def _host_key(host: str) -> str:
