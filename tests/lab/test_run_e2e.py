@@ -124,7 +124,7 @@ def test_plain_http_transparent_and_body_integrity(lab, ws, state):
     )
     assert r.returncode == 0, r.stderr
     direct = lab.run(["sh", "-c", f"curl -sSf http://allowed.test/bytes/{size} | sha256sum"])
-    assert r.stdout.split()[0] == r.stdout.split()[2] == direct.stdout.split()[0]
+    assert r.stdout.split()[0] == r.stdout.split()[2] == direct.stdout.split()[0], r.stderr
 
 
 def test_python_urllib_and_raw_socket(lab, ws, state):

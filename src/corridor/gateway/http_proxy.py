@@ -35,6 +35,7 @@ from corridor.gateway.http_target import (
 from corridor.gateway.limits import RELAY_CHUNK, LimitReached
 from corridor.gateway.relay import Counters, close_quietly, relay, reset
 from corridor.gateway.scan import Finding
+from corridor.gateway.splice import SpliceTimeout, splice_exactly
 from corridor.gateway.upstream import UpstreamError, UpstreamTLSError, dial
 from corridor.gateway.ws_scan import FrameError, FrameScanner
 from corridor.policy import Decision, Target
@@ -46,6 +47,11 @@ if TYPE_CHECKING:
 # Request heads larger than this are refused (431): h11's default, close to what nginx
 # (8 KiB per line, 32 KiB total by default) and Squid (64 KiB) accept.
 MAX_HEAD_BYTES = 64 * 1024
+# Response bodies at least this big go on by splice(2) when neither side is TLS: below
+# it, the pipe and the extra system calls cost more than the copies they save.
+SPLICE_MIN_BYTES = 256 * 1024
+SPLICE_IDLE_DEFAULT_S = 300.0  # when the policy sets no idle timeout
+_ZEROS = memoryview(bytes(1 << 20))  # stands in for spliced bytes in h11's count
 READ_SIZE = RELAY_CHUNK
 
 # After a refusal, what the client still sends is read and dropped for this long (or up
@@ -127,6 +133,8 @@ class HttpExchange:
         self.counters = Counters(budget=gw.budget)
         self.started = time.monotonic()
         self.up_address: str | None = None
+        # An upstream connection was made (it may be closed since: a spliced body's is).
+        self.dialled = False
         self.ended: str | None = None  # why the connection ended early, for connection_end
         self.refused = False  # a refusal was sent: let the client read it before we close
         assert gw.limits is not None
@@ -148,6 +156,7 @@ class HttpExchange:
         finally:
             if self.up is not None:
                 close_quietly(self.up[1])
+            if self.dialled:
                 assert self.bound is not None
                 self.gw.record_end(
                     self.conn_id,
@@ -372,6 +381,7 @@ class HttpExchange:
             return False
         except UpstreamError as e:
             self.up = None
+            self.dialled = False  # its end is recorded here, once
             await self._send_simple(502, f"corridor: {e.reason}\n")
             self.gw.record_end(
                 self.conn_id,
@@ -386,6 +396,7 @@ class HttpExchange:
             self.bound = None
             raise _Closed from None
         self.up_address = str(addr)
+        self.dialled = True
         self.up = (up_r, up_w, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES))
         return True
 
@@ -437,7 +448,7 @@ class HttpExchange:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump_body(uc, tgt.host))
-                tg.create_task(self._pump_response(uc, up_r))
+                tg.create_task(self._pump_response(uc, up_r, req.method))
         except* _Exfiltration as group:
             # The body part holding the value never went upstream; neither does the rest.
             reset(self.up[1])
@@ -537,7 +548,9 @@ class HttpExchange:
             self._write_up(uc.send(h11.Data(data=data)))
             await self.up[1].drain()  # type: ignore[index]
 
-    async def _pump_response(self, uc: h11.Connection, up_r: asyncio.StreamReader) -> None:
+    async def _pump_response(
+        self, uc: h11.Connection, up_r: asyncio.StreamReader, method: bytes
+    ) -> None:
         while True:
             ev = await _next_event(uc, up_r, self.limits.idle_timeout_s)
             if isinstance(ev, h11.InformationalResponse):
@@ -556,6 +569,9 @@ class HttpExchange:
                         )
                     )
                 )
+                length = _spliceable_length(method, ev)
+                if length is not None and await self._splice_body(uc, up_r, length):
+                    return
             elif isinstance(ev, h11.Data):
                 self.request_down += len(ev.data)
                 self._write_client(self.client.send(h11.Data(data=ev.data)))
@@ -566,6 +582,74 @@ class HttpExchange:
                 return
             else:
                 raise _Closed
+
+    async def _splice_body(
+        self, uc: h11.Connection, up_r: asyncio.StreamReader, length: int
+    ) -> bool:
+        """Send a large response body on in the kernel (gateway/splice.py): nothing reads
+        it, so it need not pass through Python. False when this connection cannot (TLS
+        on either side): the caller goes on with h11.
+
+        What h11 and the stream reader already hold goes first, through h11; the rest is
+        spliced, exactly `length` bytes in all. The client's h11 is then told the body
+        was sent; the upstream connection is closed rather than re-synchronised (its h11
+        never saw the bytes), and the next request on this connection dials again.
+        """
+        assert self.up is not None
+        up_w = self.up[1]
+        up_sock = up_w.get_extra_info("socket")
+        client_sock = self.writer.get_extra_info("socket")
+        if (
+            self.tls_host is not None
+            or up_sock is None
+            or client_sock is None
+            or up_w.get_extra_info("sslcontext") is not None
+            or self.writer.get_extra_info("sslcontext") is not None
+        ):
+            return False
+        up_w.transport.pause_reading()  # from here on only splice reads upstream
+        buffered = _take_buffered(up_r)
+        if buffered:  # h11 reads an empty chunk as the end of the stream
+            uc.receive_data(buffered)
+        sent = 0
+        while sent < length:
+            ev = uc.next_event()
+            if ev is h11.NEED_DATA:
+                break
+            if not isinstance(ev, h11.Data):  # an early end: h11's own checks said why
+                raise _Closed
+            self.request_down += len(ev.data)
+            self._write_client(self.client.send(h11.Data(data=ev.data)))
+            sent += len(ev.data)
+        await _drain_fully(self.writer)
+
+        def moved(n: int) -> None:
+            self.request_down += n
+            self.counters.down += n
+
+        rest = length - sent
+        try:
+            done = await splice_exactly(
+                up_sock,
+                client_sock,
+                rest,
+                idle_timeout_s=self.limits.idle_timeout_s or SPLICE_IDLE_DEFAULT_S,
+                on_moved=moved,
+            )
+        except (SpliceTimeout, OSError) as e:
+            raise _Closed(str(e)) from e
+        if done < rest:
+            raise _Closed("upstream closed the connection inside the body")
+        # The client's h11 counts the body against its Content-Length; give it the count
+        # without the bytes (a view of zeros, passed through, never copied or sent).
+        while rest:
+            piece = _ZEROS[: min(rest, len(_ZEROS))]
+            self.client.send_with_data_passthrough(h11.Data(data=piece))
+            rest -= len(piece)
+        self._write_client(self.client.send(h11.EndOfMessage()))
+        close_quietly(up_w)
+        self.up = None
+        return True
 
     def _switch(self, ev: h11.InformationalResponse) -> None:
         """Pass upstream's 101 on, when it switches to the protocol we offered."""
@@ -585,14 +669,13 @@ class HttpExchange:
         self.switched = protocol
 
     def _next_cycle(self) -> bool:
-        assert self.up is not None
+        client_done = self.client.our_state is h11.DONE and self.client.their_state is h11.DONE
+        if self.up is None:  # the upstream connection was closed after a spliced body
+            if client_done:
+                self.client.start_next_cycle()
+            return client_done
         uc = self.up[2]
-        if (
-            self.client.our_state is h11.DONE
-            and self.client.their_state is h11.DONE
-            and uc.our_state is h11.DONE
-            and uc.their_state is h11.DONE
-        ):
+        if client_done and uc.our_state is h11.DONE and uc.their_state is h11.DONE:
             self.client.start_next_cycle()
             uc.start_next_cycle()
             return True
@@ -812,6 +895,40 @@ def _forward_headers(headers) -> list[tuple[bytes, bytes]]:
         if name.lower() == b"connection":
             named |= {v.strip().lower() for v in value.split(b",")}
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def _spliceable_length(method: bytes, ev: h11.Response) -> int | None:
+    """The body length when a response body is large enough to splice, else None.
+
+    Only a body framed by Content-Length (h11 has already refused a response framed two
+    ways); none for HEAD, 1xx, 204 and 304, which have no body whatever they say.
+    """
+    if method == b"HEAD" or ev.status_code in (204, 304) or ev.status_code < 200:
+        return None
+    lengths = [v for n, v in ev.headers if n == b"content-length"]
+    if len(lengths) != 1 or any(n == b"transfer-encoding" for n, _ in ev.headers):
+        return None
+    length = int(lengths[0])  # h11 checked it is a decimal number
+    return length if length >= SPLICE_MIN_BYTES else None
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the stream reader has read from the socket and nobody has taken yet."""
+    buffered = bytes(reader._buffer)  # the only way to take it without waiting
+    reader._buffer.clear()
+    return buffered
+
+
+async def _drain_fully(writer: asyncio.StreamWriter) -> None:
+    """Wait until the transport has handed every queued byte to the kernel: bytes
+    spliced into the socket after would otherwise overtake them."""
+    transport = writer.transport
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, idle_s: float | None):
