@@ -501,7 +501,11 @@ NOT_INJECTED = {
     "unbound host": ("other.test", lambda p: auth(b"Bearer " + p)),
     "subdomain of a bound host": ("x.api.github.test", lambda p: auth(b"Bearer " + p)),
     "IP address": ("127.0.0.1", lambda p: auth(b"Bearer " + p)),
-    "another token": ("api.github.test", lambda p: auth(b"Bearer " + p[:-1] + b"x")),
+    # The last character changed (to one it is not: placeholders are random).
+    "another token": (
+        "api.github.test",
+        lambda p: auth(b"Bearer " + p[:-1] + (b"y" if p.endswith(b"x") else b"x")),
+    ),
     "wrong scheme": ("api.github.test", lambda p: auth(b"Token " + p)),
     "other header": ("api.github.test", lambda p: [(b"x-token", b"Bearer " + p)]),
     "broken base64": ("api.github.test", lambda p: auth(b"Basic !!" + p)),
