@@ -231,6 +231,7 @@ def run(opts: RunOptions) -> RunResult:
             gateway.close()
             raise
         outcome = contain(sandbox, gateway)
+        outcome.drops = sandbox.drops  # the firewall's counters, read once it ended
     finally:
         end_session(db, signer, session, started, outcome)
         if trust_parent is not None:
@@ -256,6 +257,7 @@ class Outcome:
     stats: dict[str, int] | None = None
     gateway_error: str | None = None
     failed: bool = False  # the gateway ended before the command: the command was killed
+    drops: dict[str, int] | None = None  # packets the sandbox's firewall dropped, by kind
 
     @property
     def allowed(self) -> int:
@@ -327,6 +329,8 @@ def end_session(db: Path, signer: Signer, session: str, started: float, outcome:
         "dns_refused": stats.get("dns_refused", 0),
         "dns_dropped": stats.get("dns_dropped", 0),
     }
+    if outcome.drops is not None:
+        data["drops"] = outcome.drops
     if outcome.gateway_error:
         data["gateway_error"] = outcome.gateway_error
     if outcome.failed:

@@ -180,3 +180,27 @@ def test_details_per_class() -> None:
 )
 def test_kinds_outside_the_network_classes_are_left_out(kind: Kind) -> None:
     assert to_ocsf(Event(SID, kind, T0)) is None
+
+
+@pytest.mark.parametrize(
+    ("protocol", "number", "name"),
+    [
+        ("tls", 6, "tcp"),
+        ("http", 6, "tcp"),
+        ("dns-udp", 17, "udp"),
+        ("udp", 17, "udp"),  # a datagram the sandbox's firewall dropped (droplog.py)
+        ("icmp", 1, "icmp"),
+        ("icmpv6", 58, "ipv6-icmp"),
+        ("sctp", 132, "sctp"),
+        ("ip proto 253", 253, "ip proto 253"),
+    ],
+)
+def test_connection_info_names_the_ip_protocol(protocol: str, number: int, name: str) -> None:
+    event = Event(
+        SID, Kind.CONNECTION, T0, decision="deny", reason="dropped", protocol=protocol,
+        host=None, address="203.0.113.10", port=443,
+    )  # fmt: skip
+    record = to_ocsf(event)
+    assert record is not None
+    info = record["connection_info"]
+    assert (info["protocol_num"], info["protocol_name"]) == (number, name)

@@ -13,6 +13,7 @@ docs/threat-model.md lists every attempt with its outcome.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import sys
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 import pytest
 from tests.escape.harness import Attempt, Batch, fake_home, run_batch, running
 from tests.lab.harness import Lab
+
+import corridor.gateway.server
 
 SECRET = "corridor-secret-marker-7f3a"
 SECRET_ENV = {
@@ -39,6 +42,13 @@ VAR_SOCK = "/var/lib/corridor-test/lxd.socket"
 ABSTRACT = "corridor-test-abstract"
 LEFTOVER = "987.654"  # `sleep 987.654`: a process an attempt leaves behind on purpose
 TUNNEL = "6578666967726174696f6e2d74756e6e656c2d64617461"  # data hidden in DNS names
+# Dropped UDP is a deny event once the gateway reads the sandbox's drop log
+# (gateway/droplog.py); until server.py starts that reader there is no event to expect.
+UDP_DROPPED = (
+    "dropped: only TCP and DNS leave the sandbox, through the gateway"
+    if "watch_drops" in inspect.getsource(corridor.gateway.server)
+    else None
+)
 
 # ---- batch "web": the policy allows two web hosts and two TCP services by name ------
 
@@ -161,6 +171,7 @@ WEB: list[Attempt] = [
         "        verdict(bool(u.recv(2048)), f'UDP to {target}')\n"
         "    except OSError as e:\n"
         "        blocked(f'UDP to {target}: {e}')\n",
+        reason=UDP_DROPPED,
     ),
     Attempt(
         "UDP broadcast and multicast",
@@ -174,6 +185,7 @@ WEB: list[Attempt] = [
         " dropped')\n"
         "    except OSError as e:\n"
         "        blocked(f'{target}: {e}')\n",
+        reason=UDP_DROPPED,
     ),
     Attempt(
         "ICMP echo (IPv4 and IPv6)",

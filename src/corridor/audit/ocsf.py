@@ -134,11 +134,36 @@ def _dst(event: Event) -> dict[str, Any]:
     return dst
 
 
+# The IP protocol of what a connection event's `protocol` names: the gateway's own
+# (tls, http, https, dns-tcp, tcp...) run over TCP; the firewall's drop events
+# (gateway/droplog.py) and DNS over UDP say so.
+# (IANA numbers and keywords.)
+_IP_PROTOCOLS = {
+    "dns-udp": (PROTOCOL_UDP, "udp"),
+    "udp": (PROTOCOL_UDP, "udp"),
+    "icmp": (1, "icmp"),
+    "gre": (47, "gre"),
+    "esp": (50, "esp"),
+    "ah": (51, "ah"),
+    "icmpv6": (58, "ipv6-icmp"),
+    "sctp": (132, "sctp"),
+    "udplite": (136, "udplite"),
+}
+
+
+def _ip_protocol(protocol: str | None) -> tuple[int, str]:
+    if protocol and protocol.startswith("ip proto "):  # a drop of an unnamed protocol
+        number = protocol.removeprefix("ip proto ")
+        if number.isdigit():
+            return int(number), protocol
+    return _IP_PROTOCOLS.get(protocol or "", (PROTOCOL_TCP, "tcp"))
+
+
 def _connection_info(event: Event) -> dict[str, Any]:
-    udp = event.protocol == "dns-udp"
+    number, name = _ip_protocol(event.protocol)
     return {
-        "protocol_num": PROTOCOL_UDP if udp else PROTOCOL_TCP,
-        "protocol_name": "udp" if udp else "tcp",
+        "protocol_num": number,
+        "protocol_name": name,
         "direction_id": DIRECTION_OUTBOUND,
         "direction": "Outbound",
         **({"uid": f"{event.session}/{event.conn_id}"} if event.conn_id is not None else {}),

@@ -28,6 +28,7 @@ from corridor.audit.events import Event, Kind
 from corridor.gateway import dns_msg
 from corridor.gateway.addresses import UnsafeRange, check_dial, unmapped
 from corridor.gateway.credentials import Broker
+from corridor.gateway.droplog import Drop, drop_event, watch_drops
 from corridor.gateway.http_proxy import HttpExchange
 from corridor.gateway.limits import READ_LIMIT, GatewayLimits, LimitReached, SessionBudget
 from corridor.gateway.names import NameMap
@@ -132,6 +133,14 @@ class Gateway:
             lambda: _DnsUdp(self), sock=listeners["dns_udp"]
         )
         self._servers.append(transport)
+        drop_log = listeners.get("drop_log")  # the sandbox's NFLOG socket (sandbox/nft.py)
+        if drop_log is not None:
+            self._track(watch_drops(drop_log, self._on_drop))
+
+    def _on_drop(self, drop: Drop) -> None:
+        """A packet the sandbox's firewall dropped (UDP, anything but TCP and DNS)."""
+        self.stats.blocked += 1
+        self.emit(drop_event(self.session, drop))
 
     async def stop(self) -> None:
         for s in self._servers:

@@ -9,7 +9,11 @@ capabilities bwrap.INIT_CAPS. In order it:
    secret paths masked, the workspace put back on top;
 2. creates the gateway's listening sockets in this network namespace and hands their
    file descriptors to corridor over the control socket (SCM_RIGHTS), then closes its
-   copies: only the gateway, outside, can accept on them;
+   copies: only the gateway, outside, can accept on them. With them go the netlink
+   socket the firewall logs its drops to (the gateway reads it; opened in step 1, before
+   the rules that log to it) and handles of this network and user namespace, which let
+   corridor read the drop counters once the command has ended (reading them takes
+   CAP_NET_ADMIN, which this init no longer holds by then);
 3. waits for corridor's go-ahead; then forks the command, which becomes the invoking
    user's uid (a nested user namespace when rootless), drops every capability, sets
    no_new_privs (setpriv) and execs;
@@ -32,6 +36,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 
@@ -42,6 +47,21 @@ LISTEN_BACKLOG = 1024  # the gateway accepts in a loop; a burst of connects must
 EXIT_SETUP_FAILED = 125  # like env(1)/chroot(1): the wrapper failed, not the command
 EXIT_NOT_FOUND = 127
 EXIT_CANNOT_EXEC = 126
+# Handles of this sandbox's namespaces that corridor keeps to read the drop counters.
+NS_HANDLES = (("netns", "net"), ("userns", "user"))
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLMSG_ERROR = 2
+NFULNL_MSG_CONFIG = (4 << 8) | 1  # NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG
+NFULA_CFG_CMD, NFULA_CFG_MODE, NFULA_CFG_TIMEOUT, NFULA_CFG_QTHRESH = 1, 2, 4, 5
+NFULNL_CFG_CMD_BIND = 1
+NFULNL_COPY_PACKET = 2
+# Each logged drop goes to the socket at once, while its sender is still in sendto():
+# once the command has exited every drop is there to read, none waits in a kernel batch
+# that the gateway's shutdown would lose. The rule's rate limit bounds the messages.
+DROP_LOG_QTHRESH = 1
+DROP_LOG_FLUSH_CS = 10  # unit 1/100 s; moot with a threshold of 1, the kernel wants one
+DROP_LOG_RCVBUF = 1 << 20  # room for bursts while the gateway is busy; capped by rmem_max
 FORWARDED_SIGNALS = (
     signal.SIGINT,
     signal.SIGTERM,
@@ -64,7 +84,8 @@ def run(argv: list[str], stdin: str | None = None) -> None:
         fail(f"sandbox setup: {' '.join(argv[:4])} failed: {r.stderr.strip()}")
 
 
-def setup_network(cfg: dict) -> None:
+def setup_network(cfg: dict) -> socket.socket | None:
+    """lo, routes, the firewall; returns the drop log socket (None: drops counted only)."""
     ip, nft = cfg["ip"], cfg["nft"]
     run([ip, "link", "set", "lo", "up"])
     # Without `src`, connects to redirected addresses pick no source and hang.
@@ -75,7 +96,54 @@ def setup_network(cfg: dict) -> None:
     # that flag (Node) resolve IPv4-only and IPv6-only names alike.
     run([ip, "-6", "addr", "add", cfg["v6_local"], "dev", "lo", "nodad"])
     run([ip, "addr", "add", cfg["v4_local"], "dev", "lo"])
-    run([nft, "-f", "-"], stdin=cfg["nft_rules"])
+    drop_log = open_drop_log(cfg["log_group"], cfg["log_snaplen"])
+    run([nft, "-f", "-"], stdin=cfg["nft_rules"] if drop_log else cfg["nft_rules_unlogged"])
+    return drop_log
+
+
+def _nlattr(attr_type: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), attr_type) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def open_drop_log(group: int, snaplen: int) -> socket.socket | None:
+    """A netlink socket bound to NFLOG `group` in this network namespace, or None.
+
+    None when the kernel has no nfnetlink_log or refuses it here: the firewall then only
+    counts its drops (the rules must not log: a `log group` rule would not load).
+    """
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError:
+        return None
+    try:
+        s.bind((0, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DROP_LOG_RCVBUF)
+        s.settimeout(2.0)
+        for seq, attrs in enumerate(
+            (
+                _nlattr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
+                _nlattr(NFULA_CFG_MODE, struct.pack(">IBx", snaplen, NFULNL_COPY_PACKET)),
+                _nlattr(NFULA_CFG_TIMEOUT, struct.pack(">I", DROP_LOG_FLUSH_CS))
+                + _nlattr(NFULA_CFG_QTHRESH, struct.pack(">I", DROP_LOG_QTHRESH)),
+            ),
+            start=1,
+        ):
+            # nfgenmsg: AF_UNSPEC, version 0, the group number (big-endian)
+            body = struct.pack("=BBH", 0, 0, socket.htons(group)) + attrs
+            head = struct.pack(
+                "=IHHII", 16 + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0
+            )
+            s.send(head + body)
+            ack = s.recv(4096)
+            _len, kind = struct.unpack_from("=IH", ack)
+            if kind != NLMSG_ERROR or struct.unpack_from("=i", ack, 16)[0] != 0:
+                raise OSError("nfnetlink_log refused the configuration")
+        s.settimeout(None)
+        return s
+    except (OSError, struct.error):
+        s.close()
+        return None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -154,17 +222,26 @@ def listener(kind: int, port: int) -> socket.socket:
     return s
 
 
-def hand_over_listeners(ctl: socket.socket, ports: dict) -> None:
+def hand_over_listeners(ctl: socket.socket, ports: dict, drop_log: socket.socket | None) -> None:
     socks = {
         "transparent": listener(socket.SOCK_STREAM, ports["transparent"]),
         "proxy": listener(socket.SOCK_STREAM, ports["proxy"]),
         "dns_udp": listener(socket.SOCK_DGRAM, ports["dns"]),
         "dns_tcp": listener(socket.SOCK_STREAM, ports["dns"]),
     }
-    names = list(socks)
-    socket.send_fds(ctl, [json.dumps(names).encode()], [socks[n].fileno() for n in names])
+    fds = {name: s.fileno() for name, s in socks.items()}
+    if drop_log is not None:
+        fds["drop_log"] = drop_log.fileno()
+    namespaces = {name: os.open(f"/proc/self/ns/{ns}", os.O_RDONLY) for name, ns in NS_HANDLES}
+    fds.update(namespaces)
+    names = list(fds)
+    socket.send_fds(ctl, [json.dumps(names).encode()], [fds[n] for n in names])
     for s in socks.values():
         s.close()
+    if drop_log is not None:
+        drop_log.close()
+    for fd in namespaces.values():
+        os.close(fd)
 
 
 def become_user(uid: int, gid: int) -> None:
@@ -248,10 +325,10 @@ def _kill(pid: int, sig: int) -> None:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     ctl = socket.socket(fileno=cfg["ctl_fd"])
-    setup_network(cfg)
+    drop_log = setup_network(cfg)
     setup_home(cfg)
     mask_host_sockets(cfg.get("socket_masks", []))
-    hand_over_listeners(ctl, cfg["ports"])
+    hand_over_listeners(ctl, cfg["ports"], drop_log)
     if ctl.recv(2) != b"go":
         fail("gateway did not start; command not run")
     child = os.fork()

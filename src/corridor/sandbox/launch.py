@@ -2,7 +2,9 @@
 
 The I/O edge of the sandbox package: find the tools, spawn bwrap with the init, take
 the listener file descriptors the init sends over the control socket, and later tell
-the init to start the command or relay a signal to it.
+the init to start the command or relay a signal to it. Once the command has ended,
+read the firewall's drop counters (`Sandbox.drops`) through the namespace handles the
+init sent: corridor holds the sandbox's network namespace open until then.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from pathlib import Path
 from corridor.errors import UserError
 from corridor.sandbox.bwrap import SandboxSpec, bwrap_argv
 from corridor.sandbox.home import home_masks, scratch_dirs
-from corridor.sandbox.nft import SANDBOX_V4_LOCAL, SANDBOX_V6_LOCAL, Ports, ruleset
+from corridor.sandbox.nft import (
+    LOG_GROUP,
+    LOG_SNAPLEN,
+    SANDBOX_V4_LOCAL,
+    SANDBOX_V6_LOCAL,
+    TABLE,
+    Ports,
+    parse_counters,
+    ruleset,
+)
 from corridor.sandbox.sockets import host_socket_paths
 
 # Where the system tools live even when the user's PATH lacks the sbin directories.
@@ -30,6 +41,13 @@ TOOL_PATH = os.pathsep.join(
 )
 SETUP_TIMEOUT_S = 10.0  # bwrap + init normally hand over the sockets in ~50 ms
 EXPECTED_LISTENERS = ("transparent", "proxy", "dns_udp", "dns_tcp")
+# Sent with the listeners when the kernel lets the init log drops: the gateway reads it.
+DROP_LOG = "drop_log"
+# Handles of the sandbox's network and user namespaces (init.NS_HANDLES): kept by corridor,
+# not by the gateway, to read the drop counters after the command.
+NAMESPACE_HANDLES = ("netns", "userns")
+MAX_HANDED_FDS = len(EXPECTED_LISTENERS) + 1 + len(NAMESPACE_HANDLES)
+COUNTERS_TIMEOUT_S = 5.0  # `nft list counters` takes ~5 ms; a hung one must not hang the run
 INIT_SCRIPT = Path(__file__).with_name("init.py")
 
 
@@ -39,6 +57,7 @@ class Tools:
     nft: str
     ip: str
     setpriv: str
+    nsenter: str | None = None  # util-linux too; without it the drop counters stay unread
 
 
 def find_tools() -> Tools:
@@ -56,6 +75,7 @@ def find_tools() -> Tools:
             missing[name] = pkg
         else:
             found[name] = path
+    found["nsenter"] = shutil.which("nsenter", path=TOOL_PATH)
     if missing:
         names = ", ".join(missing)
         pkgs = " ".join(sorted(set(missing.values())))
@@ -95,14 +115,64 @@ def check_user_namespaces() -> None:
 
 
 class Sandbox:
-    """A started sandbox whose command waits for `start()`."""
+    """A started sandbox whose command waits for `start()`.
+
+    `listeners` are the sockets for the gateway, by name (EXPECTED_LISTENERS, plus
+    DROP_LOG when the kernel lets the sandbox log its drops). `drops` holds the firewall's
+    drop counters (packets per nft.DROP_COUNTERS name) once `collect_drops()` has read
+    them after the command ended; None until then, or when they could not be read.
+    """
 
     def __init__(
-        self, proc: subprocess.Popen, ctl: socket.socket, listeners: dict[str, socket.socket]
+        self,
+        proc: subprocess.Popen,
+        ctl: socket.socket,
+        listeners: dict[str, socket.socket],
+        namespaces: dict[str, int] | None = None,
+        nsenter: str | None = None,
+        nft: str | None = None,
     ):
         self.proc = proc
         self.ctl = ctl
         self.listeners = listeners
+        self.namespaces = namespaces or {}
+        self.drops: dict[str, int] | None = None
+        self.drops_error: str | None = None  # why `drops` stayed None, for the session end
+        self._nsenter = nsenter
+        self._nft = nft
+
+    def collect_drops(self) -> dict[str, int] | None:
+        """Read the drop counters once the sandbox has exited (idempotent; never raises).
+
+        The network namespace outlives the sandbox's processes while corridor holds its
+        handle, so the counters are still there; `nft` reads them from inside it, entering
+        the sandbox's user namespace first when rootless (its owner may).
+        """
+        if self.drops is not None or self.proc.poll() is None:
+            return self.drops
+        netns, userns = self.namespaces.get("netns"), self.namespaces.get("userns")
+        if netns is None or self._nsenter is None or self._nft is None:
+            self.drops_error = "no namespace handle or no nsenter"
+            return None
+        argv = [self._nsenter, "--preserve-credentials"]
+        if userns is not None and os.fstat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
+            argv.append(f"--user=/proc/self/fd/{userns}")
+        argv += [f"--net=/proc/self/fd/{netns}", "--", self._nft, "-j", "list", "counters"]
+        argv += ["table", "inet", TABLE]
+        fds = [fd for fd in (netns, userns) if fd is not None]
+        try:
+            r = subprocess.run(
+                argv, pass_fds=fds, capture_output=True, text=True, timeout=COUNTERS_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.drops_error = str(e)
+            return None
+        counters = parse_counters(r.stdout) if r.returncode == 0 else {}
+        if not counters:
+            self.drops_error = r.stderr.strip() or "nft printed no drop counters"
+            return None
+        self.drops = counters
+        return counters
 
     def start(self) -> None:
         self.ctl.sendall(b"go")
@@ -116,8 +186,14 @@ class Sandbox:
             self.proc.send_signal(signal.SIGKILL)
 
     def close(self) -> None:
+        """Close what corridor holds; reads the drop counters first if the sandbox ended."""
+        self.collect_drops()
         for s in self.listeners.values():
             s.close()
+        for fd in self.namespaces.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.namespaces = {}
         self.ctl.close()
 
 
@@ -132,7 +208,10 @@ def start_sandbox(
         "ip": tools.ip,
         "nft": tools.nft,
         "setpriv": tools.setpriv,
-        "nft_rules": ruleset(ports),
+        "nft_rules": ruleset(ports, LOG_GROUP),
+        "nft_rules_unlogged": ruleset(ports, None),
+        "log_group": LOG_GROUP,
+        "log_snaplen": LOG_SNAPLEN,
         "ports": {"transparent": ports.transparent, "proxy": ports.proxy, "dns": ports.dns},
         "v6_local": f"{SANDBOX_V6_LOCAL}/128",
         "v4_local": f"{SANDBOX_V4_LOCAL}/32",
@@ -164,7 +243,7 @@ def start_sandbox(
     child.close()
     parent.settimeout(SETUP_TIMEOUT_S)
     try:
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, len(EXPECTED_LISTENERS))
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, MAX_HANDED_FDS)
     except (TimeoutError, OSError) as e:
         proc.kill()
         proc.wait()
@@ -178,8 +257,9 @@ def start_sandbox(
             "try `bwrap --unshare-all --ro-bind / / true`",
         )
     parent.settimeout(None)
-    names = json.loads(msg)
-    listeners = {name: socket.socket(fileno=fd) for name, fd in zip(names, fds, strict=True)}
+    handed = dict(zip(json.loads(msg), fds, strict=True))
+    namespaces = {name: handed.pop(name) for name in NAMESPACE_HANDLES if name in handed}
+    listeners = {name: socket.socket(fileno=fd) for name, fd in handed.items()}
     for s in listeners.values():
         s.setblocking(False)
-    return Sandbox(proc, parent, listeners)
+    return Sandbox(proc, parent, listeners, namespaces, nsenter=tools.nsenter, nft=tools.nft)
