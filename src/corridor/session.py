@@ -45,6 +45,7 @@ from corridor.sandbox.env import build_env
 from corridor.sandbox.home import is_secret
 from corridor.sandbox.launch import Sandbox, check_user_namespaces, find_tools, start_sandbox
 from corridor.sandbox.nft import Ports
+from corridor.sandbox.views import View, build_views
 
 if TYPE_CHECKING:  # imported where used: the gateway's modules load in its own process
     from corridor.gateway.server import Gateway
@@ -160,6 +161,8 @@ def run(opts: RunOptions) -> RunResult:
     # The signing key closes the session with a signed checkpoint (audit/keys.py); read
     # now so that an unusable key stops the run before anything starts.
     signer = load_or_create_signer(opts.state_dir)
+    # Read before the start is recorded, which names what they leave out.
+    views = build_views(shutil.which("git"), str(home.resolve()), dict(os.environ))
     started = time.time()
     # This writer records the start and is closed before the gateway is forked (a fork
     # must not copy a live writer thread); it does not seal: the session goes on.
@@ -183,6 +186,8 @@ def run(opts: RunOptions) -> RunResult:
                     "env_passed": sorted(senv.env),
                     "env_dropped": list(senv.dropped),
                     "credentials": broker.describe(),
+                    # Configuration files shown filtered, and the names taken out of each.
+                    "config_filtered": {view.path: list(view.dropped) for view in views},
                 },
             )
         )
@@ -194,15 +199,6 @@ def run(opts: RunOptions) -> RunResult:
         ca, trust_parent, trust_env = make_trust(session, upstream_cas)
         senv.env.update(trust_env)
         senv.env.update(broker.sandbox_env())  # the placeholders win, as before
-    # The event log and the signing key must be neither readable nor writable inside.
-    spec = SandboxSpec(
-        workspace=workspace,
-        home=home.resolve(),
-        cwd=cwd,
-        rootless=rootless,
-        hidden=(state_dir,),
-        trust_dir=trust_parent / "trust" if trust_parent else None,
-    )
 
     def build(emit: Callable[[Event], None]) -> Gateway:  # runs in the gateway process
         from corridor.gateway.server import Gateway
@@ -218,7 +214,21 @@ def run(opts: RunOptions) -> RunResult:
         )
 
     outcome = Outcome(exit_code=125)
+    views_parent: Path | None = None
     try:
+        if views:
+            views_parent = write_views(views)
+        # The event log and the signing key must be neither readable nor writable inside.
+        spec = SandboxSpec(
+            workspace=workspace,
+            home=home.resolve(),
+            cwd=cwd,
+            rootless=rootless,
+            hidden=(state_dir,),
+            trust_dir=trust_parent / "trust" if trust_parent else None,
+            views_dir=views_parent / "views" if views_parent else None,
+            views=tuple((view.path, str(i)) for i, view in enumerate(views)),
+        )
         # Forked first: the gateway gets ready while the sandbox starts.
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:  # a bug of ours: say so now rather than deadlock in the child later
@@ -234,8 +244,9 @@ def run(opts: RunOptions) -> RunResult:
         outcome.drops = sandbox.drops  # the firewall's counters, read once it ended
     finally:
         end_session(db, signer, session, started, outcome)
-        if trust_parent is not None:
-            shutil.rmtree(trust_parent, ignore_errors=True)
+        for directory in (trust_parent, views_parent):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
     if outcome.failed:
         raise GatewayFailed(
             f"{outcome.gateway_error}: the sandbox was ended, since it has no network "
@@ -377,6 +388,21 @@ def make_trust(session: str, upstream_cas: tuple[Path, ...]) -> tuple[SessionCA,
         shutil.rmtree(parent, ignore_errors=True)
         raise
     return ca, parent, trust.env
+
+
+def write_views(views: list[View]) -> Path:
+    """The filtered configuration copies in a fresh 0700 directory (`views/N` for the
+    N-th view), bound read-only into the sandbox; the caller removes it at the end."""
+    parent = Path(tempfile.mkdtemp(prefix="corridor-views-"))
+    try:
+        directory = parent / "views"
+        directory.mkdir(mode=0o755)
+        for i, view in enumerate(views):
+            (directory / str(i)).write_text(view.text, encoding="utf-8", errors="surrogateescape")
+    except BaseException:
+        shutil.rmtree(parent, ignore_errors=True)
+        raise
+    return parent
 
 
 def check_no_secret(broker: Broker, env: dict[str, str], command: list[str]) -> None:

@@ -52,12 +52,17 @@ def rootless_env(tmp_path_factory) -> dict[str, str]:
     home = base / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_rsa").write_text("NOBODY PRIVATE KEY\n")
+    # Shown filtered (sandbox/views.py): the name stays, the header with a token goes.
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = Nobody\n[http]\n\textraHeader = X-Token: NOBODY-GIT-TOKEN\n"
+    )
     ws = base / "ws"
     ws.mkdir()
     for p in (base, *base.rglob("*")):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     os.chown(home, NOBODY, NOBODY)
     os.chown(home / ".ssh", NOBODY, NOBODY)
+    os.chown(home / ".gitconfig", NOBODY, NOBODY)
     os.chown(ws, NOBODY, NOBODY)
     # tmp_path_factory's parents are 0700 for root: open the path down to `base`.
     for parent in base.parents:
@@ -80,6 +85,8 @@ def test_rootless_run_is_contained_and_runs_as_the_user(lab, rootless_env):
     script = (
         "id -u; grep -E 'CapEff|NoNewPrivs' /proc/self/status; "
         "cat ~/.ssh/id_rsa 2>&1 | head -1; echo data > out.txt; "
+        "git config --global user.name; cat ~/.gitconfig | grep -c NOBODY-GIT-TOKEN; "
+        "git config --global user.email n@agent.test && git config --global user.email; "
         "curl -sS -m 10 http://allowed.test/; curl -sS -m 10 -o /dev/null "
         "-w '%{http_code}\\n' http://denied.test/"
     )
@@ -111,6 +118,7 @@ def test_rootless_run_is_contained_and_runs_as_the_user(lab, rootless_env):
     assert lines[0] == str(NOBODY)
     assert "CapEff:\t0000000000000000" in r.stdout and "NoNewPrivs:\t1" in r.stdout
     assert "NOBODY PRIVATE KEY" not in r.stdout
+    assert lines[lines.index("Nobody") :][:3] == ["Nobody", "0", "n@agent.test"]
     assert "hello from allowed.test" in r.stdout
     assert lines[-1] == "403"
     out = Path(ws) / "out.txt"

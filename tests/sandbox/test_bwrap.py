@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from corridor.sandbox.bwrap import INIT_CAPS, SandboxSpec, bwrap_argv
+from corridor.sandbox.bwrap import INIT_CAPS, VIEWS_MOUNT, SandboxSpec, bwrap_argv
 
 
 def _argv(tmp_path: Path, rootless: bool) -> list[str]:
@@ -40,3 +40,18 @@ def test_workspace_writable_and_home_left_to_the_init(tmp_path):
     # The home view (overlay + masks) is the init's job: bwrap binds nothing of it.
     assert not any(str(home / ".ssh") in a for a in argv)
     assert str(home) not in _pairs(argv, "--tmpfs")
+
+
+def test_views_are_bound_read_only_after_the_run_tmpfs(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    views = tmp_path / "views"
+    views.mkdir()
+    spec = SandboxSpec(
+        workspace=home, home=home, cwd=home, rootless=True, views_dir=views,
+        views=((str(home / ".gitconfig"), "0"),),
+    )  # fmt: skip
+    argv = bwrap_argv("/usr/bin/bwrap", spec, ["init"])
+    at = argv.index(str(views))
+    assert argv[at - 1 : at + 2] == ["--ro-bind", str(views), VIEWS_MOUNT]
+    assert at > argv.index("/run")  # the /run tmpfs first, or it would hide the bind

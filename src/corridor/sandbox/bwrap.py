@@ -30,6 +30,9 @@ SANDBOX_HOSTNAME = "corridor"
 # Where the session's trust files (CA bundle with the session CA) appear inside: under the
 # private /run tmpfs, read-only, so the sandbox can read but never replace them.
 TRUST_MOUNT = "/run/corridor/trust"
+# Where the filtered copies of configuration files (sandbox/views.py) appear for the init,
+# which puts each in the home view in place of the original.
+VIEWS_MOUNT = "/run/corridor/views"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,9 @@ class SandboxSpec:
     rootless: bool  # invoked by a non-root user: bwrap must create the user namespace
     hidden: tuple[Path, ...] = ()  # directories masked by an empty tmpfs (corridor's state)
     trust_dir: Path | None = None  # the session's trust files, bound at TRUST_MOUNT
+    views_dir: Path | None = None  # filtered configuration copies, bound at VIEWS_MOUNT
+    # (host path, file name in views_dir): what the init shows in place of each original
+    views: tuple[tuple[str, str], ...] = ()
 
 
 def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]:
@@ -72,6 +78,8 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec, init_argv: list[str]) -> list[str]
         argv += ["--tmpfs", "/var/run"]
     if spec.trust_dir is not None:
         argv += ["--ro-bind", str(spec.trust_dir), TRUST_MOUNT]  # after the /run tmpfs
+    if spec.views_dir is not None:
+        argv += ["--ro-bind", str(spec.views_dir), VIEWS_MOUNT]
     # The home view (overlay + masks) is mounted by the init, which also puts the
     # workspace back on top when it lies inside the home. Bound here read-only so that a
     # home under a path the sandbox replaces (/tmp, /run) is still there to overlay.

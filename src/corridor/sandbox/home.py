@@ -39,6 +39,12 @@ SECRET_PATHS: tuple[str, ...] = (
     ".pypirc",
     ".git-credentials",
     ".config/git/credentials",
+    # Settings and secrets in one file: shown as a filtered copy (sandbox/views.py), and
+    # masked like the rest whenever no copy could be made.
+    ".gitconfig",
+    ".config/git/config",
+    ".pip/pip.conf",
+    ".config/pip/pip.conf",
     ".gitcookies",
     ".cargo/credentials",
     ".cargo/credentials.toml",

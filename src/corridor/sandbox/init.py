@@ -173,7 +173,8 @@ def setup_home(cfg: dict) -> None:
         if err:
             fail(f"sandbox setup: cannot stage the workspace: {err}")
     opts = f"lowerdir={home},upperdir={STAGING}/upper,workdir={STAGING}/work"
-    if home and mount("overlay", home, "overlay", MS_NOSUID | MS_NODEV, opts) is not None:
+    overlaid = bool(home) and mount("overlay", home, "overlay", MS_NOSUID | MS_NODEV, opts) is None
+    if home and not overlaid:
         # No overlay here (old kernel, or refused): the home stays read-only as bwrap left
         # it, and caches tools must write to start empty.
         for path in cfg["scratch"]:
@@ -187,10 +188,42 @@ def setup_home(cfg: dict) -> None:
             err = mount("/dev/null", path, None, MS_BIND, None)
         if err:
             fail(f"sandbox setup: cannot mask {path}: {err}")
+    show_views(cfg.get("views", []), overlaid)
     if ws:
         err = mount(f"{STAGING}/ws", ws, None, MS_MOVE, None)
         if err:
             fail(f"sandbox setup: cannot mount the workspace: {err}")
+
+
+def show_views(views: list[list[str]], overlaid: bool) -> None:
+    """Put each filtered copy (sandbox/views.py) where its original was.
+
+    In the overlaid home the copy is written as a file of its own, so the command can
+    change it (`git config --global ...`) like any file there, and the change dies with
+    the session. Without the overlay it is bound read-only over the original. A copy
+    that cannot be put in place stops the run: the original holds secrets.
+    """
+    for path, source in views:
+        if not os.path.lexists(path):
+            continue  # not visible in here: nothing to replace
+        if overlaid:
+            try:
+                with open(source, "rb") as f:
+                    data = f.read()
+                os.unlink(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                continue
+            except OSError as e:
+                fail(f"sandbox setup: cannot show the filtered {path}: {e.strerror}")
+        err = mount(source, path, None, MS_BIND, None)
+        if err:
+            fail(f"sandbox setup: cannot show the filtered {path}: {err}")
 
 
 def mask_host_sockets(paths: list[str]) -> None:

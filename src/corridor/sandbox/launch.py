@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corridor.errors import UserError
-from corridor.sandbox.bwrap import SandboxSpec, bwrap_argv
+from corridor.sandbox.bwrap import VIEWS_MOUNT, SandboxSpec, bwrap_argv
 from corridor.sandbox.home import home_masks, scratch_dirs
 from corridor.sandbox.nft import (
     LOG_GROUP,
@@ -203,6 +203,7 @@ def start_sandbox(
     """Spawn bwrap + init; return once the listeners have been handed over."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     in_home = spec.workspace.is_relative_to(spec.home)
+    shown = {path for path, _ in spec.views}
     cfg = {
         "ctl_fd": child.fileno(),
         "ip": tools.ip,
@@ -220,8 +221,10 @@ def start_sandbox(
         "command": command,
         "home": str(spec.home) if spec.home.is_dir() else None,
         "workspace_in_home": str(spec.workspace) if in_home else None,
-        "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home))]
+        "masks": [[m.path, m.is_dir] for m in home_masks(str(spec.home)) if m.path not in shown]
         + [[str(p), True] for p in spec.hidden if p.is_dir()],
+        # Filtered copies stand in for these originals (sandbox/views.py).
+        "views": [[path, f"{VIEWS_MOUNT}/{name}"] for path, name in spec.views],
         "scratch": scratch_dirs(str(spec.home)),
         "socket_masks": host_socket_paths(),
     }
