@@ -355,9 +355,26 @@ def _kill(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def read_config(ctl: socket.socket) -> dict:
+    """The configuration corridor sends first on the control socket: a 4-byte length, then
+    that much JSON."""
+    size = int.from_bytes(_recv_exactly(ctl, 4), "big")
+    return json.loads(_recv_exactly(ctl, size))
+
+
+def _recv_exactly(ctl: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = ctl.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            fail("sandbox setup: corridor went away before sending the configuration")
+        data += chunk
+    return bytes(data)
+
+
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    ctl = socket.socket(fileno=cfg["ctl_fd"])
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    cfg = read_config(ctl)
     drop_log = setup_network(cfg)
     setup_home(cfg)
     mask_host_sockets(cfg.get("socket_masks", []))

@@ -205,7 +205,6 @@ def start_sandbox(
     in_home = spec.workspace.is_relative_to(spec.home)
     shown = {path for path, _ in spec.views}
     cfg = {
-        "ctl_fd": child.fileno(),
         "ip": tools.ip,
         "nft": tools.nft,
         "setpriv": tools.setpriv,
@@ -237,7 +236,9 @@ def start_sandbox(
         "-S",
         "-c",
         INIT_SCRIPT.read_text(),
-        json.dumps(cfg),
+        # Only the control socket's number: the configuration follows over the socket, as
+        # it can outgrow one argument's 128 KiB (thousands of host sockets to mask).
+        str(child.fileno()),
     ]
     argv = bwrap_argv(tools.bwrap, spec, init_argv)
     # Its own process group: a terminal's Ctrl-C goes to corridor's group, and corridor
@@ -246,6 +247,8 @@ def start_sandbox(
     child.close()
     parent.settimeout(SETUP_TIMEOUT_S)
     try:
+        blob = json.dumps(cfg).encode()
+        parent.sendall(len(blob).to_bytes(4, "big") + blob)
         msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, MAX_HANDED_FDS)
     except (TimeoutError, OSError) as e:
         proc.kill()
