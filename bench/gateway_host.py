@@ -10,6 +10,10 @@ one JSON line with the ports once it serves; SIGTERM stops it and flushes the lo
 `--no-audit` replaces the event writer by a function that drops events: the difference
 between the two is what the audit costs per connection.
 
+`--uvloop` runs the same gateway on uvloop's event loop instead of asyncio's (to
+evaluate it; uvloop must be importable): `BENCH_UVLOOP=1` in the environment does the
+same for gateways the harness starts.
+
 `--inspect CA_OUT` runs the gateway with a policy that inspects the upstream (`inspect:
 true`) and a session CA whose certificate goes to CA_OUT for the load client to trust;
 `--upstream-ca` is the CA the gateway verifies the upstream with. A gateway that cannot
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import resource
 import signal
 import socket
@@ -117,6 +122,7 @@ def main() -> int:
     parser.add_argument("--no-audit", action="store_true")
     parser.add_argument("--inspect", type=Path, metavar="CA_OUT")
     parser.add_argument("--upstream-ca", type=Path)
+    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     _raise_fd_limit()
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +133,13 @@ def main() -> int:
         except NoInspection as e:
             print(json.dumps({"error": str(e)}), flush=True)
             return NO_INSPECTION
-    # session.py runs the gateway with asyncio.run: the same loop here.
-    return asyncio.run(serve(args.state_dir, audit=not args.no_audit, inspect=inspect))
+    # The gateway process runs with asyncio.run: the same loop here, unless uvloop is asked.
+    main_coro = serve(args.state_dir, audit=not args.no_audit, inspect=inspect)
+    if args.uvloop or os.environ.get("BENCH_UVLOOP", "") not in ("", "0"):
+        import uvloop
+
+        return uvloop.run(main_coro)
+    return asyncio.run(main_coro)
 
 
 if __name__ == "__main__":

@@ -279,9 +279,17 @@ def start_mitmproxy(directory: Path, upstream_ca: Path, intercept: bool) -> Peer
     return Peer(name, proc, port, cafile if intercept else None)
 
 
-def start_gateway(directory: Path, audit: bool, inspect_upstream_ca: Path | None = None) -> Peer:
+def start_gateway(
+    directory: Path,
+    audit: bool,
+    inspect_upstream_ca: Path | None = None,
+    src: Path | None = None,
+    name: str | None = None,
+) -> Peer:
     """bench/gateway_host.py: corridor's gateway on loopback listeners (inspecting the
-    upstream, verified with `inspect_upstream_ca`, when that is given)."""
+    upstream, verified with `inspect_upstream_ca`, when that is given). `src`: import
+    corridor from that source directory instead (another version, to compare)."""
+    given_name = name
     name = "corridor" if audit else "corridor-noaudit"
     argv = [sys.executable, "-m", "bench.gateway_host"]
     cafile = None
@@ -289,10 +297,12 @@ def start_gateway(directory: Path, audit: bool, inspect_upstream_ca: Path | None
         name = "corridor-inspect"
         cafile = directory / "corridor-inspect-ca.pem"
         argv += ["--inspect", str(cafile), "--upstream-ca", str(inspect_upstream_ca)]
+    name = given_name or name
     argv += ["--state-dir", str(directory / f"{name}-state")]
     if not audit:
         argv.append("--no-audit")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    path = str(REPO_ROOT) if src is None else f"{src}{os.pathsep}{REPO_ROOT}"
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen(
         argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=_log(directory, name)
     )

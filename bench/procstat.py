@@ -44,6 +44,20 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def comm(pid: int) -> str:
+    """The process's name (/proc/<pid>/comm: what PR_SET_NAME set), or "" once it ended."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """Direct children of a process whose name is `name` (corridor's `corridor-gw`)."""
+    return [c for c in children(pid) if comm(c) == name]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, kernel) CPU seconds all tasks of the machine have used, from /proc/stat.
 
@@ -108,13 +122,15 @@ MACHINE_PID = 0  # stands for the whole machine in the sampler's table
 
 class Sampler:
     """A background thread sampling the processes it is told to watch (a process with its
-    children when asked), and the whole machine's busy time under MACHINE."""
+    children, or with its children of one name, when asked), and the whole machine's busy
+    time under MACHINE."""
 
     def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
         self.interval = interval
         self.series: dict[str, Series] = {}
         self._pids: dict[str, int] = {MACHINE: MACHINE_PID}
         self._with_children: set[str] = set()
+        self._child_names: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
@@ -123,13 +139,23 @@ class Sampler:
     def start(self) -> None:
         self._thread.start()
 
-    def watch(self, name: str, pid: int, with_children: bool = False) -> Series:
-        """Start sampling `pid` under `name` (a new pid under a known name starts afresh)."""
+    def watch(
+        self, name: str, pid: int, with_children: bool = False, child_named: str | None = None
+    ) -> Series:
+        """Start sampling `pid` under `name` (a new pid under a known name starts afresh).
+
+        `with_children`: its direct children are added in; `child_named`: only those of
+        its direct children with that process name, looked up at every sample (a child
+        forked later is counted from then on; its CPU before the first sample it is seen
+        in counts too, so start watching before the child is forked).
+        """
         with self._lock:
             self._pids[name] = pid
             self.series[name] = Series()
             if with_children:
                 self._with_children.add(name)
+            if child_named is not None:
+                self._child_names[name] = child_named
         self._sample_one(name, pid)
         return self.series[name]
 
@@ -155,7 +181,11 @@ class Sampler:
                 busy, system = machine_busy()
                 user, rss = busy - system, 0
             else:
-                pids = [pid, *children(pid)] if name in self._with_children else [pid]
+                pids = [pid]
+                if name in self._with_children:
+                    pids += children(pid)
+                elif name in self._child_names:
+                    pids += children_named(pid, self._child_names[name])
                 user = system = 0.0
                 rss = 0
                 for p in pids:

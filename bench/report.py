@@ -592,8 +592,8 @@ class Report:
         out += [
             "Proxy rows: conn/s with the share of direct in brackets; latencies as the delta "
             "to direct; CPU is the proxy process's utime+stime over the measured window "
-            "divided by the connections completed in it (corridor transparent: the whole "
-            "`corridor run` process, gateway and audit writer included). Memory is RSS of "
+            "divided by the connections completed in it (corridor transparent: `corridor run` "
+            "and its gateway process `corridor-gw`, audit writer included). Memory is RSS of "
             "the proxy process. mitmproxy: every host ignored for the HTTPS passthrough rows, "
             "intercepting for plain HTTP and the inspected rows. corridor inspected: a policy "
             "whose rule for the upstream says `inspect: true`.",

@@ -63,6 +63,8 @@ RETRY_BUDGET = 25
 # Other processes using more than this many cores on average during the run: the machine
 # was shared (the bench's own processes are subtracted; they alone keep both cores busy).
 OTHERS_BUSY_CORES = 0.15
+# The name (PR_SET_NAME) of the process `corridor run` forks its gateway into.
+GATEWAY_PROCESS = "corridor-gw"
 
 
 def log(msg: str) -> None:
@@ -275,7 +277,9 @@ def _transparent(
     tag = f"{rnd}{'-inspect' if inspected else ''}"
     with open(work / f"corridor-run-{tag}.log", "wb") as errlog:
         proc = subprocess.Popen(argv, cwd=ws, stdout=errlog, stderr=subprocess.STDOUT)
-        sampler.watch("corridor-run", proc.pid)
+        # The gateway runs in corridor's forked child `corridor-gw`; the sandbox (bwrap, the
+        # load client) is another child and is not counted.
+        sampler.watch("corridor-run", proc.pid, child_named=GATEWAY_PROCESS)
         try:
             code = proc.wait(CELL_TIMEOUT_S * len(specs))
         except subprocess.TimeoutExpired:

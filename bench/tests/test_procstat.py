@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -46,3 +48,31 @@ def test_sampler_follows_a_process():
     sampler.stop()
     assert len(series.times) >= 3
     assert series.times == sorted(series.times)
+
+
+def test_sampler_adds_the_child_of_the_given_name():
+    # A child that names itself (PR_SET_NAME, as corridor's gateway does) and spins.
+    code = (
+        "import ctypes, time\n"
+        "ctypes.CDLL(None).prctl(15, b'bench-named', 0, 0, 0)\n"
+        "end = time.monotonic() + 10\n"
+        "while time.monotonic() < end: pass\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 5
+        while procstat.comm(child.pid) != "bench-named" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert procstat.children_named(os.getpid(), "bench-named") == [child.pid]
+        assert procstat.children_named(os.getpid(), "other") == []
+        sampler = procstat.Sampler(interval=0.01)
+        sampler.start()
+        both = sampler.watch("both", os.getpid(), child_named="bench-named")
+        alone = sampler.watch("alone", os.getpid())
+        time.sleep(0.6)
+        sampler.stop()
+        spent = both.cpu[-1] - both.cpu[0]
+        assert spent - (alone.cpu[-1] - alone.cpu[0]) >= 0.05  # the child's spinning
+    finally:
+        child.kill()
+        child.wait()

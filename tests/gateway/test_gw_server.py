@@ -15,15 +15,20 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 
+import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway.addresses import parse_unsafe_range
+from corridor.gateway.http_target import connect_head
 from corridor.gateway.limits import GatewayLimits
 from corridor.gateway.server import Gateway
-from corridor.policy import Limits, Policy, Rule
+from corridor.gateway.upstream import TtlCache
+from corridor.policy import Limits, Policy, Rule, Target
 
 LOOP = "127.0.0.1"
 HEAD_END = b"\r\n\r\n"
@@ -592,5 +597,180 @@ def test_a_deny_rule_on_the_resolved_address_holds_and_audit_mode_records_it() -
             ]
         assert up.accepted == 1
         up.close()
+
+    run(body())
+
+
+# ---- the CONNECT head recogniser (no h11 for a plain CONNECT) --------------------------
+
+MAX_HEAD = 65536
+# name: (bytes the client sent first, (target, headers, rest) or None: left to h11)
+# fmt: off
+CONNECT_HEADS: dict[str, tuple[bytes, tuple[bytes, tuple, bytes] | None]] = {
+    "plain": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+              (b"a.test:443", ((b"host", b"a.test:443"),), b"")),
+    "ClientHello in the same read": (
+        b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n\x16\x03\x01",
+        (b"a.test:443", ((b"host", b"a.test:443"),), b"\x16\x03\x01")),
+    "headers as curl sends them, OWS trimmed": (
+        b"CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\nUser-Agent:  curl/8.5 \r\n"
+        b"Proxy-Connection:\tKeep-Alive\r\n\r\n",
+        (b"[::1]:8443", ((b"host", b"[::1]:8443"), (b"user-agent", b"curl/8.5"),
+                         (b"proxy-connection", b"Keep-Alive")), b"")),
+    "incomplete head": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n", None),
+    "not CONNECT": (b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", None),
+    "lower-case method": (b"connect a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", None),
+    "HTTP/1.0": (b"CONNECT a.test:443 HTTP/1.0\r\nHost: a.test:443\r\n\r\n", None),
+    "no Host": (b"CONNECT a.test:443 HTTP/1.1\r\n\r\n", None),
+    "two Hosts": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nhost: b.test:443\r\n\r\n",
+                  None),
+    "LF-only lines": (b"CONNECT a.test:443 HTTP/1.1\nHost: a.test:443\n\n", None),
+    "obs-fold": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n b.test\r\n\r\n", None),
+    "NUL in the target": (b"CONNECT a.test\x00b.test:443 HTTP/1.1\r\nHost: a\r\n\r\n", None),
+    "CR in the target": (b"CONNECT a.test\rb:443 HTTP/1.1\r\nHost: a\r\n\r\n", None),
+    "percent in the target": (b"CONNECT a%2etest:443 HTTP/1.1\r\nHost: a\r\n\r\n", None),
+    "NUL in a header value": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\x00:443\r\n\r\n",
+                              None),
+    "space before the colon": (b"CONNECT a.test:443 HTTP/1.1\r\nHost : a.test:443\r\n\r\n",
+                               None),
+    "Content-Length": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n"
+                       b"Content-Length: 3\r\n\r\nabc", None),
+    "Transfer-Encoding": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n", None),
+    "non-ASCII header value": ("CONNECT a.test:443 HTTP/1.1\r\nHost: a.tеst:443\r\n\r\n"
+                               .encode(), None),
+    "head over the limit": (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nX-Pad: "
+                            + b"a" * MAX_HEAD + b"\r\n\r\n", None),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize(("raw", "expected"), CONNECT_HEADS.values(), ids=CONNECT_HEADS.keys())
+def test_connect_head_takes_only_plain_connect_heads(raw: bytes, expected) -> None:
+    got = connect_head(raw, MAX_HEAD)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.target, got.headers, got.rest) == expected
+        assert _h11_view(raw) == (got.target, got.headers, got.rest)
+
+
+def _h11_view(raw: bytes) -> tuple[bytes, tuple, bytes] | None:
+    """What the h11 path makes of a head: (target, headers, bytes after it), or None."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    conn.receive_data(raw)
+    try:
+        ev = conn.next_event()
+        if not isinstance(ev, h11.Request) or ev.method != b"CONNECT":
+            return None
+        if not isinstance(conn.next_event(), h11.EndOfMessage):
+            return None
+    except h11.RemoteProtocolError:
+        return None
+    return ev.target, tuple((n, v) for n, v in ev.headers), bytes(conn.trailing_data[0])
+
+
+_VALID = st.sampled_from([b"a", b"Z", b"0", b"9", b".", b"-", b":", b"[", b"]", b"_"])
+_TRICKY = st.sampled_from(
+    [b" ", b"\t", b"\r", b"\n", b"\r\n", b"\x00", b"%", b"@", b"/", b"\x7f", b"\xd0",
+     b"\x0b", b"Host: x\r\n", b"\r\n\r\n"]
+)  # fmt: skip
+
+
+@st.composite
+def _piece(draw: st.DrawFn) -> bytes:
+    """Bytes of a target or value: valid characters, sometimes one tricky piece inside."""
+    text = b"".join(draw(st.lists(_VALID, min_size=1, max_size=12)))
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(_TRICKY) + text[at:]
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    target=_piece(),
+    host=st.one_of(st.none(), _piece()),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([b"Host", b"host", b"User-Agent", b"X-a", b"Ho st", b"", b"TE"]),
+            st.sampled_from([b": ", b":", b":\t", b" :", b""]),
+            _piece(),
+            st.sampled_from([b"\r\n", b"\r\n", b"\n"]),
+        ),
+        max_size=3,
+    ),
+    end=st.sampled_from([b"\r\n", b"\r\n", b"\n", b""]),
+    rest=st.binary(max_size=4),
+)
+def test_connect_head_agrees_with_h11_on_whatever_it_takes(
+    target, host, headers, end, rest
+) -> None:
+    raw = b"CONNECT " + target + b" HTTP/1.1\r\n"
+    if host is not None:
+        raw += b"Host: " + host + b"\r\n"
+    raw += b"".join(n + sep + v + eol for n, sep, v, eol in headers) + end + rest
+    got = connect_head(raw, MAX_HEAD)
+    if got is not None:
+        assert _h11_view(raw) == (got.target, got.headers, got.rest)
+
+
+def test_a_connect_head_in_pieces_or_with_bytes_after_it_still_tunnels() -> None:
+    async def body() -> None:
+        up = await Upstream().start()
+        async with rig(Policy(allow=[allow_loopback(up.port)])) as g:
+            target = f"{LOOP}:{up.port}".encode()
+            # In pieces: the recogniser sees half a head and hands it to h11.
+            r, w = await g.open()
+            w.write(b"CONNECT " + target)
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+            assert status(await asyncio.wait_for(r.readuntil(HEAD_END), 10)) == 200
+            w.write(b"one")
+            assert await r.readexactly(3) == b"one"
+            w.close()
+            # With the first tunnel bytes in the same write: they reach upstream first.
+            r, w = await g.open()
+            w.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\nearly")
+            assert status(await asyncio.wait_for(r.readuntil(HEAD_END), 10)) == 200
+            assert await r.readexactly(5) == b"early"
+            w.close()
+        assert up.accepted == 2
+        up.close()
+
+    run(body())
+
+
+# ---- caches --------------------------------------------------------------------------
+
+
+def test_ttl_cache_expires_and_forgets_the_oldest_beyond_its_size() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl=10.0, size=3)
+    cache.put("a", 1, now=0.0)
+    assert cache.get("a", now=9.9) == 1
+    assert cache.get("a", now=10.0) is None  # expired
+    cache.put("b", 2, now=1.0)
+    cache.put("c", 3, now=2.0)
+    cache.put("a", 4, now=3.0)  # re-stored: now the newest
+    cache.put("d", 5, now=4.0)  # full: the oldest ("b") goes
+    assert [cache.get(k, now=5.0) for k in "abcd"] == [4, None, 3, 5]
+    cache.put("e", 6, now=13.5)  # full again: expired entries go first ("c", "a")
+    assert len(cache) == 2
+    assert [cache.get(k, now=13.5) for k in "de"] == [5, 6]
+
+
+def test_decisions_and_address_checks_are_remembered_per_destination() -> None:
+    async def body() -> None:
+        async with rig(Policy(allow=[allow_host("a.test", 443)])) as g:
+            gw = g.gateway
+            first = gw.decide(Target(host="a.test", port=443))
+            assert first.allowed
+            assert gw.decide(Target(host="a.test", port=443)) is first
+            assert not gw.decide(Target(host="a.test", port=444)).allowed
+            check = gw.check_address(ip_address(LOOP), 443)
+            assert check.reason == "127.0.0.1 is a loopback address"
+            assert gw.check_address(ip_address(LOOP), 443) is check
 
     run(body())

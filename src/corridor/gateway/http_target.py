@@ -9,10 +9,16 @@ Which request-target forms are accepted where:
 - transparent path: origin-form (/path with Host), or an absolute URI, which servers
   must accept (RFC 9112 §3.2.2).
 Wherever a Host header is present it must name the same host and port as the target.
+
+`connect_head` is the one parser here that reads raw bytes: a strict recogniser for the
+plain CONNECT heads proxy clients send, so that a tunnel does not need a full h11
+connection. It accepts a subset of what h11 accepts and says None to everything else,
+which then goes through h11 (and its refusals) as before.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,8 +32,21 @@ _MAX_PORT_DIGITS = len(str(MAX_PORT))  # longer digit strings are refused before
 SCHEME_PORTS = {"http": 80, "https": 443}  # the only schemes an HTTP proxy forwards
 BAD_REQUEST = 400
 _SHOW = 60  # characters of client-supplied text quoted in a reason; keeps log lines short
+# Authorities parsed, remembered (a pure function of the text): a session connects to the
+# same few hosts over and over. Refusals raise and are not remembered.
+_AUTHORITY_CACHE = 4096
 # RFC 3986 §3.1 scheme, then "://": an absolute URI with an authority.
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+# A CONNECT head as clients send it: the request line, token: value header lines (no
+# obs-fold, visible ASCII), an empty line. Targets are limited to the characters of
+# host:port and [v6]:port; anything else is left to h11.
+_CONNECT_LINE = re.compile(rb"CONNECT ([A-Za-z0-9._:\[\]-]{1,300}) HTTP/1\.1")
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}):[ \t]*([\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)[ \t]*"
+)
+# Headers that give a CONNECT request a body or change its framing: h11 decides on those.
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 FORM_AUTHORITY = "authority"
 FORM_ABSOLUTE = "absolute"
@@ -50,6 +69,47 @@ class RequestTarget:
     form: str  # FORM_AUTHORITY (CONNECT), FORM_ABSOLUTE or FORM_ORIGIN
     scheme: str | None  # "http"/"https" (lowercase) for absolute-form, else None
     path: str  # path+query for absolute/origin (latin-1, as sent); "" for authority
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectHead:
+    """A CONNECT request head, parsed as h11 would: header names lower-cased."""
+
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    rest: bytes  # bytes the client sent after the head (the tunnel's first bytes)
+
+
+def connect_head(data: bytes, max_head: int) -> ConnectHead | None:
+    """The CONNECT head at the start of `data`, or None when h11 must judge it.
+
+    None unless `data` holds a whole head of at most `max_head` bytes with CRLF line
+    ends: `CONNECT <host:port> HTTP/1.1`, header lines `token: value` of visible ASCII,
+    exactly one Host header and no Content-Length or Transfer-Encoding. What it accepts,
+    h11 parses to the same target and headers; the target itself is checked afterwards
+    by `request_target`, as on the h11 path.
+    """
+    end = data.find(b"\r\n\r\n", 0, max_head + 1)
+    if end < 0 or end + 4 > max_head:
+        return None
+    lines = data[:end].split(b"\r\n")
+    line = _CONNECT_LINE.fullmatch(lines[0])
+    if line is None:
+        return None
+    headers = []
+    hosts = 0
+    for raw in lines[1:]:
+        header = _HEADER_LINE.fullmatch(raw)
+        if header is None:
+            return None
+        name = header.group(1).lower()
+        if name in _BODY_HEADERS:
+            return None
+        hosts += name == b"host"
+        headers.append((name, header.group(2)))
+    if hosts != 1:
+        return None
+    return ConnectHead(line.group(1), tuple(headers), data[end + 4 :])
 
 
 def request_target(
@@ -152,6 +212,7 @@ def _host_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+@functools.lru_cache(maxsize=_AUTHORITY_CACHE)
 def _parse_authority(text: str, where: str) -> tuple[str, int | None]:
     # host[:port] or [v6]:port, as in a CONNECT target, URI authority or Host header.
     if not text:

@@ -5,10 +5,13 @@ policy's `limits:` on top), `SessionBudget` counts what a session holds and has 
 answers "may this connection open / may these bytes go out" with a refusal reason.
 
 Memory per connection is bounded: a stream reader stops reading from its socket once
-2 x READ_LIMIT bytes wait in it, and every relay or HTTP writer waits (drain) until
-the kernel took the bytes before it reads more. So one relayed connection holds at most
-about 2 x (2 x READ_LIMIT + RELAY_CHUNK + asyncio's 64 KiB write high-water mark), and
-the session at most DEFAULT_MAX_CONNECTIONS of them (the policy may set another cap).
+2 x READ_LIMIT bytes wait in it, and every HTTP writer waits (drain) until the kernel
+took the bytes before it reads more. A plain tunnel (relay.py) holds no reader buffer:
+each side stops reading once the other side's transport holds more than asyncio's
+64 KiB write high-water mark, and one read is at most 256 KiB (asyncio's read size), so
+one tunnel holds at most about 2 x (256 KiB + 64 KiB), a stream-relayed one (TLS) about
+2 x (2 x READ_LIMIT + RELAY_CHUNK + 64 KiB); the session at most
+DEFAULT_MAX_CONNECTIONS of them (the policy may set another cap).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from corridor.policy import Limits
 # build opening hundreds of parallel downloads stays far below it; the benchmark's 1,000
 # idle tunnels fit. With the buffer bounds above this caps the gateway's relay memory.
 DEFAULT_MAX_CONNECTIONS = 2048
-# Stream buffers: a reader pauses its socket beyond twice this; relays read at most this.
+# Stream buffers: a reader pauses its socket beyond twice this; stream relays read at most
+# this per chunk (plain tunnels read what asyncio's transport reads: up to 256 KiB).
 READ_LIMIT = 64 * 1024
 RELAY_CHUNK = 64 * 1024
 # No byte either way for this long ends a relayed connection. Squid's read_timeout is

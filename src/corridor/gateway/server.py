@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import socket
 import ssl
 import time
@@ -29,17 +30,35 @@ from corridor.gateway import dns_msg
 from corridor.gateway.addresses import UnsafeRange, check_dial, unmapped
 from corridor.gateway.credentials import Broker
 from corridor.gateway.droplog import Drop, drop_event, watch_drops
-from corridor.gateway.http_proxy import HttpExchange
+from corridor.gateway.http_proxy import MAX_HEAD_BYTES, HttpExchange
+from corridor.gateway.http_target import TargetError, connect_head, request_target
 from corridor.gateway.limits import READ_LIMIT, GatewayLimits, LimitReached, SessionBudget
 from corridor.gateway.names import NameMap
 from corridor.gateway.origdst import original_destination
-from corridor.gateway.relay import Counters, RelayTimeouts, close_quietly, relay, reset
+from corridor.gateway.relay import (
+    Counters,
+    RelayTimeouts,
+    Tunnel,
+    close_quietly,
+    plain,
+    relay,
+    reset,
+)
 from corridor.gateway.sniff import Kind as Sniffed
 from corridor.gateway.sniff import classify
 from corridor.gateway.tls_hello import ClientHelloReader, TLSParseError
 from corridor.gateway.tls_stream import TLSStream
 from corridor.gateway.tlsca import ServerTLS, SessionCA
-from corridor.gateway.upstream import IPAddress, Resolver, UpstreamError, dial, is_own_address
+from corridor.gateway.upstream import (
+    CACHE_TTL_S,
+    IPAddress,
+    Resolver,
+    TtlCache,
+    UpstreamError,
+    dial,
+    dial_protocol,
+    is_own_address,
+)
 from corridor.gateway.upstream_tls import upstream_context
 from corridor.policy import Decision, Policy, Target, decide, decide_dns
 from corridor.policy.hosts import InvalidHost, normalize_host
@@ -48,6 +67,14 @@ PEEK_TIMEOUT_S = 0.3  # server-speaks-first protocols (SSH banners, SMTP) send n
 HELLO_TIMEOUT_S = 10.0  # a client that started a TLS handshake finishes it within this
 PEEK_MAX = 64 * 1024  # a ClientHello larger than this is not one we accept
 DNS_TTL_S = 30  # short: the synthetic map lives only as long as the session
+# Decisions remembered per destination without a path (tunnels, transparent TCP: the
+# policy does not change during a session). A session's hot destinations are a few dozen;
+# a wildcard rule lets the agent mint endless names, so beyond this the oldest go
+# (a few hundred bytes each: the bound keeps the cache around a megabyte).
+MAX_CACHED_DECISIONS = 4096
+# Address checks (with the own-address probe) remembered per (address, port), as long as
+# the resolver remembers names: the machine's addresses change rarely, never per request.
+MAX_CACHED_CHECKS = 4096
 UNKNOWN_SYNTHETIC = "synthetic address this session's DNS never handed out"
 NO_ADDRESS = "name resolved to no address"
 
@@ -111,6 +138,10 @@ class Gateway:
         self.budget = SessionBudget(self.limits)
         self.timeouts = RelayTimeouts(self.limits.idle_timeout_s, self.limits.half_closed_timeout_s)
         self.upstream_tls: ssl.SSLContext = upstream_context(self.upstream_cas)
+        self._decisions: TtlCache[Target, Decision] = TtlCache(math.inf, MAX_CACHED_DECISIONS)
+        self._checks: TtlCache[tuple[IPAddress, int], Decision] = TtlCache(
+            CACHE_TTL_S, MAX_CACHED_CHECKS
+        )
 
     # ---- start / stop -------------------------------------------------------------
 
@@ -205,7 +236,25 @@ class Gateway:
         )
 
     def decide(self, target: Target) -> Decision:
-        return decide(self.policy, target)
+        """The policy's decision for `target`; remembered for destinations without a path
+        (the policy is fixed per session; HTTP paths are too many to be worth keeping)."""
+        if target.path is not None:
+            return decide(self.policy, target)
+        hit = self._decisions.get(target, 0.0)  # never expires: `now` does not matter
+        if hit is None:
+            hit = decide(self.policy, target)
+            self._decisions.put(target, hit, 0.0)
+        return hit
+
+    def check_address(self, address: IPAddress, port: int) -> Decision:
+        """May `address`:`port` be dialled (addresses.check_dial), remembered CACHE_TTL_S."""
+        now = time.monotonic()
+        hit = self._checks.get((address, port), now)
+        if hit is None:
+            own = is_own_address(address)
+            hit = check_dial(address, port, self.policy, self.unsafe, own=own)
+            self._checks.put((address, port), hit, now)
+        return hit
 
     def _track(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -243,9 +292,7 @@ class Gateway:
         note: Decision | None = None
         for raw in resolved.addresses:
             address = unmapped(raw)
-            verdict = check_dial(
-                address, port, self.policy, self.unsafe, own=is_own_address(address)
-            )
+            verdict = self.check_address(address, port)
             if verdict.allowed:
                 kept.append(address)
                 note = note or (verdict if verdict.would_deny else None)
@@ -458,8 +505,14 @@ class Gateway:
         self.record_decision(conn_id, protocol, target.host, target.port, str(addresses[0]), d)
         started = time.monotonic()
         counters = Counters(budget=self.budget)
+        # asyncio's own streams on a plain socket (always, from our listeners): upstream
+        # is dialled straight into the relay's protocol, no streams on that side.
+        tunnel = Tunnel(counters, self.timeouts) if plain(reader, writer) else None
         try:
-            up_r, up_w, addr = await dial(addresses, target.port)
+            if tunnel is not None:
+                up_w, addr = await dial_protocol(addresses, target.port, tunnel.upstream_protocol)
+            else:
+                up_r, up_w, addr = await dial(addresses, target.port)
         except UpstreamError as e:
             self.record_end(
                 conn_id, started, counters, target.host, target.port, None, protocol, e.reason
@@ -468,10 +521,13 @@ class Gateway:
             return
         ended: str | None = None
         try:
-            if first:
-                counters.add_up(len(first))
-                up_w.write(first)
-            ended = await relay(reader, writer, up_r, up_w, counters, self.timeouts)
+            if tunnel is not None:
+                ended = await tunnel.run(reader, writer, first)
+            else:
+                if first:
+                    counters.add_up(len(first))
+                    up_w.write(first)
+                ended = await relay(reader, writer, up_r, up_w, counters, self.timeouts)
         except LimitReached as e:
             ended = e.reason
             self.record_limit(conn_id, protocol, target.host, target.port, str(addr), e)
@@ -514,9 +570,40 @@ class Gateway:
             await _send_503(writer, "session connection limit reached")
             return
         try:
-            await HttpExchange(self, reader, writer, b"", conn_id, proxy=True, dest=None).run()
+            await self._proxy(conn_id, reader, writer)
         finally:
             self.budget.close()
+
+    async def _proxy(
+        self, conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A plain CONNECT goes straight to the tunnel; everything else, and every head
+        the strict CONNECT recogniser does not take, goes through h11 (HttpExchange)."""
+        assert self.limits is not None
+        try:
+            async with asyncio.timeout(self.limits.head_timeout_s):
+                first = await reader.read(READ_LIMIT)
+        except TimeoutError:
+            close_quietly(writer)  # as HttpExchange does after a head timeout: no event
+            return
+        except (ConnectionError, OSError):
+            close_quietly(writer)
+            return
+        head = connect_head(first, MAX_HEAD_BYTES)
+        if head is not None:
+            try:
+                tgt = request_target(b"CONNECT", head.target, head.headers, proxy=True)
+            except TargetError:
+                head = None  # refused by HttpExchange, with the same words
+        if head is None:
+            await HttpExchange(self, reader, writer, first, conn_id, proxy=True, dest=None).run()
+            return
+        try:
+            await self.connect_tunnel(conn_id, tgt.host, tgt.port, reader, writer, head.rest)
+        except (ConnectionError, OSError):
+            pass  # the client went away; HttpExchange ends the same way
+        finally:
+            close_quietly(writer)
 
     async def connect_tunnel(
         self,
@@ -535,7 +622,9 @@ class Gateway:
             return
         d, addresses = cleared
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await writer.drain()
+        transport = getattr(writer, "transport", None)
+        if transport is None or transport.get_write_buffer_size():
+            await writer.drain()  # only when the kernel did not take the 39 bytes at once
         first, kind = await _sniff(reader, PEEK_TIMEOUT_S, leftover)
         protocol = "connect"
         if kind is Sniffed.TLS:
@@ -730,7 +819,9 @@ async def _sniff(
         if remaining <= 0:
             return buf, Sniffed.OTHER
         try:
-            more = await asyncio.wait_for(reader.read(PEEK_MAX), remaining)
+            # asyncio.timeout, not wait_for: no task per read (Python 3.11).
+            async with asyncio.timeout(remaining):
+                more = await reader.read(PEEK_MAX)
         except (TimeoutError, ConnectionError, OSError):
             return buf, Sniffed.OTHER
         if not more:
@@ -755,7 +846,8 @@ async def _read_client_hello(reader: asyncio.StreamReader, first: bytes):
         if remaining <= 0:
             return "TLS ClientHello not completed in time", None
         try:
-            chunk = await asyncio.wait_for(reader.read(PEEK_MAX), remaining)
+            async with asyncio.timeout(remaining):
+                chunk = await reader.read(PEEK_MAX)
         except (TimeoutError, ConnectionError, OSError):
             return "connection ended during the TLS ClientHello", None
         if not chunk:

@@ -12,7 +12,9 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from corridor.gateway.limits import READ_LIMIT
 from corridor.gateway.upstream_tls import tls_failure_reason
@@ -27,6 +29,9 @@ CACHE_TTL_S = 30.0  # short: long enough for a burst of connects, short enough t
 MAX_CACHE_NAMES = 65_536
 # Any port does for the route lookup in is_own_address: a UDP connect sends nothing.
 _PROBE_PORT = 9
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class UpstreamError(Exception):
@@ -47,25 +52,58 @@ class Resolved:
     addresses: tuple[IPAddress, ...]
 
 
+class TtlCache(Generic[K, V]):
+    """A dict whose entries expire after `ttl` seconds and which holds at most `size`.
+
+    Beyond `size`, expired entries go first, then the oldest (insertion order is age
+    order: a stored key is re-inserted last). Used for answers that may change but not
+    within seconds: names, the machine's own addresses, address checks.
+    """
+
+    def __init__(self, ttl: float, size: int) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K, now: float) -> V | None:
+        """The value stored for `key`, or None when there is none or it expired."""
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        return None
+
+    def put(self, key: K, value: V, now: float) -> None:
+        entries = self._entries
+        entries.pop(key, None)
+        if len(entries) >= self.size:
+            for old in [k for k, (expiry, _) in entries.items() if expiry <= now]:
+                del entries[old]
+            while len(entries) >= self.size:
+                del entries[next(iter(entries))]
+        entries[key] = (now + self.ttl, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Resolver:
     """The host's resolver (getaddrinfo), with a small per-session cache."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, Resolved]] = {}
+        self._cache: TtlCache[str, Resolved] = TtlCache(CACHE_TTL_S, MAX_CACHE_NAMES)
 
     async def resolve(self, host: str) -> Resolved:
+        now = time.monotonic()
+        hit = self._cache.get(host, now)  # names only: a literal is never stored
+        if hit is not None:
+            return hit
         literal = _ip_literal(host)
         if literal is not None:
             return Resolved(host, (literal,))
-        now = time.monotonic()
-        hit = self._cache.get(host)
-        if hit and hit[0] > now:
-            return hit[1]
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
-            )
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except (socket.gaierror, TimeoutError, UnicodeError) as e:
             raise UpstreamError(
                 f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}"
@@ -76,17 +114,8 @@ class Resolver:
             if addr not in addrs:
                 addrs.append(addr)
         resolved = Resolved(host, tuple(addrs))
-        self._remember(host, now, resolved)
+        self._cache.put(host, resolved, now)
         return resolved
-
-    def _remember(self, host: str, now: float, resolved: Resolved) -> None:
-        self._cache.pop(host, None)  # re-inserted last: the dict's order is the age order
-        if len(self._cache) >= MAX_CACHE_NAMES:
-            for name in [n for n, (expiry, _) in self._cache.items() if expiry <= now]:
-                del self._cache[name]
-            while len(self._cache) >= MAX_CACHE_NAMES:
-                del self._cache[next(iter(self._cache))]
-        self._cache[host] = (now + CACHE_TTL_S, resolved)
 
 
 def is_own_address(address: IPAddress) -> bool:
@@ -121,16 +150,15 @@ async def dial(
     last = "no address"
     for addr in addresses:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            # asyncio.timeout, not wait_for: no task per dial (Python 3.11).
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(
                     str(addr),
                     port,
                     limit=READ_LIMIT,
                     ssl=tls,
                     server_hostname=server_hostname if tls is not None else None,
-                ),
-                CONNECT_TIMEOUT_S,
-            )
+                )
         except ssl.SSLError as e:
             raise UpstreamTLSError(tls_failure_reason(e, server_hostname or str(addr))) from None
         except (OSError, TimeoutError) as e:
@@ -141,6 +169,25 @@ async def dial(
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer, addr
+    raise UpstreamError(f"cannot connect: {last}")
+
+
+async def dial_protocol(
+    addresses: tuple[IPAddress, ...], port: int, protocol: asyncio.Protocol
+) -> tuple[asyncio.Transport, IPAddress]:
+    """`dial` for a caller that handles the bytes itself: plain TCP to the first address
+    that answers, with `protocol` as the connection's protocol (relay.Tunnel's)."""
+    loop = asyncio.get_running_loop()
+    last = "no address"
+    for addr in addresses:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                transport, _ = await loop.create_connection(lambda: protocol, str(addr), port)
+        except (OSError, TimeoutError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "timed out"
+            last = f"{addr}:{port}: {why}"
+            continue
+        return transport, addr  # asyncio's TCP transports set TCP_NODELAY themselves
     raise UpstreamError(f"cannot connect: {last}")
 
 
