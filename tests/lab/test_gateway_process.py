@@ -131,17 +131,24 @@ def test_no_connection_gets_through_after_the_gateway_died(lab: Lab, tmp_path: P
     assert cap.http_requests() == [] and cap.catchall() == []
 
 
-def test_ctrl_c_to_the_process_group_reaches_the_command_not_the_gateway(
-    lab: Lab, tmp_path: Path
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGINT, signal.SIGTERM],
+    ids=["Ctrl-C from a terminal", "a service manager stopping the group"],
+)
+def test_a_signal_to_the_process_group_reaches_the_command_not_the_gateway(
+    lab: Lab, tmp_path: Path, sig: signal.Signals
 ) -> None:
+    """The command may still need the network to shut down: the gateway stays."""
+    name = sig.name.removeprefix("SIG")
     script = (
-        "trap 'curl -sS -m 5 http://allowed.test/; exit 42' INT; "
+        f"trap 'curl -sS -m 5 http://allowed.test/; exit 42' {name}; "
         "echo ready; while :; do sleep 0.1; done"
     )
     p = _start(lab, tmp_path, script)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     gateway = _gateway_of(p.pid)
-    os.killpg(p.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    os.killpg(p.pid, sig)
     out, err = p.communicate(timeout=20)
     assert p.returncode == 42, err
     assert "hello from allowed.test" in out  # the gateway still served after Ctrl-C

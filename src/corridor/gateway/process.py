@@ -14,8 +14,8 @@ It talks to the parent through two pipes: the parent holds the write end of `sto
 (closing it, or dying, asks the gateway to finish), the child writes JSON lines to
 `report` (`{"ready": true}` once serving; `{"stats": {...}}` or `{"error": ...}` at the
 end). The child is named `corridor-gw` (ps, top, /proc/PID/comm) and gets SIGKILL if the
-parent dies (PR_SET_PDEATHSIG); it ignores the terminal's SIGINT/SIGQUIT/SIGHUP, which
-corridor relays to the sandboxed command instead.
+parent dies (PR_SET_PDEATHSIG); it ignores SIGINT/SIGQUIT/SIGHUP/SIGTERM, which corridor
+relays to the sandboxed command instead.
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
-# Signals a terminal sends to its whole foreground process group: they are meant for
-# the command, which corridor relays them to.
-_TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+# Signals sent to a whole process group or service (a terminal's Ctrl-C, a service
+# manager's stop): they are meant for the command, which corridor relays them to, and
+# which may still need the network to shut down cleanly. The gateway ends when corridor
+# closes its stop pipe (or dies: PR_SET_PDEATHSIG).
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
 _REPORT_LIMIT = 1 << 20
 _MAX_LISTENERS = 16  # the sandbox hands over a handful (sandbox/launch.py)
 
@@ -271,7 +273,7 @@ def _name_and_tie_to(parent: int) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above: do not serve
         os._exit(1)
-    for sig in _TERMINAL_SIGNALS:
+    for sig in _GROUP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
