@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
-import yaml
 
 from corridor.errors import EXIT_USAGE, UserError
 
@@ -213,6 +212,8 @@ def _rule_data(rule: Rule) -> dict[str, Any]:
 
 def _flow(value: object) -> str:
     """A value in YAML flow style on one line, quoted only where YAML needs it."""
+    import yaml  # here: every corridor command imports this module, few print YAML
+
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000)
     return text.removesuffix("\n...\n").strip()
 
