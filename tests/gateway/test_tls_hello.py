@@ -319,6 +319,17 @@ MALFORMED = {
     ),
     "truncated extension": (hello(u16(0) + u16(100) + b"abcd"), "truncated extension 0"),
     "truncated extension header": (hello(b"\x00\x10\x00"), "truncated extension length"),
+    "one byte of an extension type": (hello(b"\x00"), "truncated extension type"),
+    "two bytes of an extension header": (hello(b"\x00\x10"), "truncated extension length"),
+    "truncated extension after a good one": (
+        hello(sni_ext(b"a.test") + u16(16) + u16(9) + b"\x00"),
+        "truncated extension 16",
+    ),
+    "empty extension of length 0 at the end, then junk": (
+        hello(ext(21, b"") + b"\x00"),
+        "truncated extension type",
+    ),
+    "duplicate unknown extension": (hello(ext(21, b""), ext(21, b"")), "duplicate extension 21"),
     "duplicate ALPN": (hello(alpn_ext(b"h2"), alpn_ext(b"h2")), "duplicate extension 16"),
     "duplicate SNI": (hello(sni_ext(b"a.test"), sni_ext(b"b.test")), "duplicate extension 0"),
     "SNI with NUL": (hello(sni_ext(b"a.test\x00.evil.test")), "invalid SNI: NUL byte in host name"),

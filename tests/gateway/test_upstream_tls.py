@@ -337,3 +337,29 @@ def test_upstream_ca_with_a_broken_certificate(tmp_path: Path):
     with pytest.raises(UserError) as e:
         upstream_context([path])
     assert e.value.message.startswith(f"--upstream-ca {path}: not a usable certificate (")
+
+
+# ---- the gateway builds its context when first needed ------------------------------------
+
+
+def _gateway(upstream_cas: tuple[Path, ...] = ()):
+    from corridor.gateway.server import Gateway
+    from corridor.policy import Policy
+
+    return Gateway(policy=Policy(allow=[]), session="test", emit=lambda e: None,
+                   upstream_cas=upstream_cas)  # fmt: skip
+
+
+def test_the_gateway_loads_the_system_roots_only_on_the_first_inspected_dial():
+    gw = _gateway()
+    assert gw._upstream_tls is None  # nothing inspected yet: no trust store loaded
+    context = gw.upstream_tls
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert gw.upstream_tls is context  # built once
+
+
+def test_a_broken_upstream_ca_fails_when_the_gateway_starts(tmp_path: Path):
+    path = tmp_path / "broken.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(UserError, match="not a usable certificate"):
+        _gateway((path,))

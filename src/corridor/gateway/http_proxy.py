@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ from corridor.policy import Decision, Target
 from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
 
 if TYPE_CHECKING:
+    from corridor.gateway.scan import BodyScanner
     from corridor.gateway.server import Gateway
 
 # Request heads larger than this are refused (431): h11's default, close to what nginx
@@ -51,8 +53,15 @@ MAX_HEAD_BYTES = 64 * 1024
 # it, the pipe and the extra system calls cost more than the copies they save.
 SPLICE_MIN_BYTES = 256 * 1024
 SPLICE_IDLE_DEFAULT_S = 300.0  # when the policy sets no idle timeout
+# Over TLS splice cannot help, but a large response body still need not pass through
+# h11 (three copies and an event per read): it is copied in reads of COPY_CHUNK. Below
+# COPY_MIN_BYTES the upstream connection it closes (h11 lost count) costs more than it saves.
+COPY_MIN_BYTES = SPLICE_MIN_BYTES
+COPY_CHUNK = 256 * 1024
 _ZEROS = memoryview(bytes(1 << 20))  # stands in for spliced bytes in h11's count
 READ_SIZE = RELAY_CHUNK
+# The client's h11 states once its request has ended (MUST_CLOSE: "Connection: close").
+REQUEST_SENT = (h11.DONE, h11.MUST_CLOSE)
 
 # After a refusal, what the client still sends is read and dropped for this long (or up
 # to this much) before the close: closing with unread bytes makes the kernel send a
@@ -446,9 +455,16 @@ class HttpExchange:
             )
         )
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump_body(uc, tgt.host))
-                tg.create_task(self._pump_response(uc, up_r, req.method))
+            # Most requests have no body, and h11 has its end already: then the response
+            # is all there is to wait for, without a task group and two tasks per request.
+            first = self.client.next_event()
+            if isinstance(first, h11.EndOfMessage):
+                await self._end_body(uc, tgt.host, first, None)
+                await self._pump_response(uc, up_r, req.method)
+            else:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._pump_body(uc, tgt.host, first))
+                    tg.create_task(self._pump_response(uc, up_r, req.method))
         except* _Exfiltration as group:
             # The body part holding the value never went upstream; neither does the rest.
             reset(self.up[1])
@@ -515,11 +531,19 @@ class HttpExchange:
             self.request_up = self.counters.up - up_up
             self.request_down = self.counters.down - down
 
-    async def _pump_body(self, uc: h11.Connection, host: str) -> None:
+    async def _pump_body(self, uc: h11.Connection, host: str, first: object = None) -> None:
+        """The request body upstream, scanned; `first` is an event already taken from
+        the client's h11 (h11.NEED_DATA or None: none)."""
         broker = self.gw.broker
         scanner = broker.body_scanner(host) if broker is not None else None
+        ev = first
+        if ev is h11.NEED_DATA:
+            ev = None
+        elif ev is h11.PAUSED or isinstance(ev, h11.ConnectionClosed):
+            raise _Closed  # as _next_event's None
         while True:
-            ev = await _next_event(self.client, self.reader, self.limits.idle_timeout_s)
+            if ev is None:
+                ev = await _next_event(self.client, self.reader, self.limits.idle_timeout_s)
             if isinstance(ev, h11.Data):
                 data = ev.data
                 if scanner is not None:
@@ -529,18 +553,26 @@ class HttpExchange:
                         raise _Exfiltration(step.finding)
                     data = step.release
                 await self._send_body(uc, data)
+                ev = None
             elif isinstance(ev, h11.EndOfMessage):
-                if scanner is not None:
-                    await self._send_body(uc, scanner.finish())
-                if broker is not None and ev.headers:
-                    # Trailers (chunked bodies) are headers too.
-                    finding = broker.scan(host, b"", ev.headers)
-                    if finding is not None:
-                        raise _Exfiltration(finding)
-                self._write_up(uc.send(h11.EndOfMessage(headers=ev.headers)))
+                await self._end_body(uc, host, ev, scanner)
                 return
             else:
                 raise _Closed
+
+    async def _end_body(
+        self, uc: h11.Connection, host: str, ev: h11.EndOfMessage, scanner: BodyScanner | None
+    ) -> None:
+        """The request's end upstream: what `scanner` held back, then trailers, searched."""
+        if scanner is not None:
+            await self._send_body(uc, scanner.finish())
+        broker = self.gw.broker
+        if broker is not None and ev.headers:
+            # Trailers (chunked bodies) are headers too.
+            finding = broker.scan(host, b"", ev.headers)
+            if finding is not None:
+                raise _Exfiltration(finding)
+        self._write_up(uc.send(h11.EndOfMessage(headers=ev.headers)))
 
     async def _send_body(self, uc: h11.Connection, data: bytes) -> None:
         if data:
@@ -570,7 +602,16 @@ class HttpExchange:
                     )
                 )
                 length = _spliceable_length(method, ev)
-                if length is not None and await self._splice_body(uc, up_r, length):
+                # Both fast paths close the upstream connection at the body's end: only
+                # once the request body is all sent, or its pump would find none to use.
+                if (
+                    length is not None
+                    and self.client.their_state in REQUEST_SENT
+                    and (
+                        await self._splice_body(uc, up_r, length)
+                        or await self._copy_body(uc, up_r, length)
+                    )
+                ):
                     return
             elif isinstance(ev, h11.Data):
                 self.request_down += len(ev.data)
@@ -611,16 +652,7 @@ class HttpExchange:
         buffered = _take_buffered(up_r)
         if buffered:  # h11 reads an empty chunk as the end of the stream
             uc.receive_data(buffered)
-        sent = 0
-        while sent < length:
-            ev = uc.next_event()
-            if ev is h11.NEED_DATA:
-                break
-            if not isinstance(ev, h11.Data):  # an early end: h11's own checks said why
-                raise _Closed
-            self.request_down += len(ev.data)
-            self._write_client(self.client.send(h11.Data(data=ev.data)))
-            sent += len(ev.data)
+        sent = self._send_held_body(uc, length)
         await _drain_fully(self.writer)
 
         def moved(n: int) -> None:
@@ -640,16 +672,72 @@ class HttpExchange:
             raise _Closed(str(e)) from e
         if done < rest:
             raise _Closed("upstream closed the connection inside the body")
+        self._passed_body(rest, up_w)
+        return True
+
+    async def _copy_body(self, uc: h11.Connection, up_r: asyncio.StreamReader, length: int) -> bool:
+        """Send a large response body on in big reads, past h11 (TLS on either side, where
+        splice cannot). Like `_splice_body`: nothing reads the body, so h11 need not frame
+        it; what h11 already holds goes first through it, then `length` bytes in all are
+        copied from upstream's stream to the client's, COPY_CHUNK at a time, and the
+        client's h11 is given the count. Upstream's h11 never saw the bytes: that
+        connection is closed, and the next request on this connection dials again.
+        False when the body is not worth it (below COPY_MIN_BYTES).
+        """
+        if length < COPY_MIN_BYTES:
+            return False
+        assert self.up is not None
+        up_w = self.up[1]
+        sent = self._send_held_body(uc, length)
+        # What h11 had read past the body's start is in its buffer, and only the body can
+        # follow a response head on this connection, so none is left there once the loop
+        # above ran dry; the rest of the body is in (or still coming to) the stream.
+        rest = length - sent
+        idle_s = self.limits.idle_timeout_s
+        while rest:
+            try:
+                async with asyncio.timeout(idle_s):
+                    data = await up_r.read(min(rest, COPY_CHUNK))
+            except TimeoutError as e:
+                raise _Closed("idle timeout") from e
+            if not data:
+                raise _Closed("upstream closed the connection inside the body")
+            rest -= len(data)
+            self.request_down += len(data)
+            self.counters.down += len(data)
+            self.writer.write(data)
+            await self.writer.drain()
+        self._passed_body(length - sent, up_w)
+        return True
+
+    def _send_held_body(self, uc: h11.Connection, length: int) -> int:
+        """Send on, through h11, the body bytes upstream's h11 already holds (up to
+        `length`); return how many."""
+        sent = 0
+        while sent < length:
+            ev = uc.next_event()
+            if ev is h11.NEED_DATA:
+                break
+            if not isinstance(ev, h11.Data):  # an early end: h11's own checks said why
+                raise _Closed
+            self.request_down += len(ev.data)
+            self._write_client(self.client.send(h11.Data(data=ev.data)))
+            sent += len(ev.data)
+        return sent
+
+    def _passed_body(self, count: int, up_w: asyncio.StreamWriter) -> None:
+        """After `count` body bytes went to the client past h11: end the response and
+        close the upstream connection, whose h11 never saw them (the next request on
+        this connection dials again)."""
         # The client's h11 counts the body against its Content-Length; give it the count
         # without the bytes (a view of zeros, passed through, never copied or sent).
-        while rest:
-            piece = _ZEROS[: min(rest, len(_ZEROS))]
+        while count:
+            piece = _ZEROS[: min(count, len(_ZEROS))]
             self.client.send_with_data_passthrough(h11.Data(data=piece))
-            rest -= len(piece)
+            count -= len(piece)
         self._write_client(self.client.send(h11.EndOfMessage()))
         close_quietly(up_w)
         self.up = None
-        return True
 
     def _switch(self, ev: h11.InformationalResponse) -> None:
         """Pass upstream's 101 on, when it switches to the protocol we offered."""
@@ -878,6 +966,12 @@ class _CloseOnEof:
         return self._stream.get_extra_info(name, default)
 
 
+# Each request compares its Host (and the TLS name) this way, two or three times; a
+# connection's requests name the same few hosts. Invalid names raise and are not cached.
+HOST_KEY_CACHE = 1024
+
+
+@functools.lru_cache(maxsize=HOST_KEY_CACHE)
 def _host_key(host: str) -> str:
     """How hosts compare: normalised names; addresses in their one canonical spelling."""
     literal = parse_ip_literal(host)
@@ -937,7 +1031,9 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, idle_s
         ev = conn.next_event()
         if ev is h11.NEED_DATA:
             try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), idle_s)
+                # asyncio.timeout, not wait_for: wait_for makes a task for every read.
+                async with asyncio.timeout(idle_s):
+                    data = await reader.read(READ_SIZE)
             except TimeoutError as e:
                 raise _Closed("idle timeout") from e
             except (ConnectionError, OSError) as e:

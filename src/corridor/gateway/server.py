@@ -137,11 +137,23 @@ class Gateway:
             self.limits = GatewayLimits.from_policy(self.policy.limits)
         self.budget = SessionBudget(self.limits)
         self.timeouts = RelayTimeouts(self.limits.idle_timeout_s, self.limits.half_closed_timeout_s)
-        self.upstream_tls: ssl.SSLContext = upstream_context(self.upstream_cas)
+        # The upstream client context (system roots: about 18 ms to load) is built on the
+        # first inspected dial, so a session that inspects nothing never pays for it; with
+        # --upstream-ca files it is built now, so that an unusable file fails at the start.
+        self._upstream_tls: ssl.SSLContext | None = None
+        if self.upstream_cas:
+            self._upstream_tls = upstream_context(self.upstream_cas)
         self._decisions: TtlCache[Target, Decision] = TtlCache(math.inf, MAX_CACHED_DECISIONS)
         self._checks: TtlCache[tuple[IPAddress, int], Decision] = TtlCache(
             CACHE_TTL_S, MAX_CACHED_CHECKS
         )
+
+    @property
+    def upstream_tls(self) -> ssl.SSLContext:
+        """The TLS client context inspected connections verify upstream servers with."""
+        if self._upstream_tls is None:
+            self._upstream_tls = upstream_context(self.upstream_cas)
+        return self._upstream_tls
 
     # ---- start / stop -------------------------------------------------------------
 

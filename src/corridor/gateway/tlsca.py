@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import ssl
 from collections import OrderedDict
@@ -314,6 +315,9 @@ def _load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
         os.close(fd)
 
 
+# Every inspected connection looks its host up; checking a name costs more than the cache
+# lookup that follows. Invalid hosts raise and are not cached.
+@functools.lru_cache(maxsize=4 * LEAF_CACHE_SIZE)
 def _canonical_host(host: str) -> tuple[str, IPAddress | None]:
     """(text for the cache key and certificate, the address if `host` is an IP literal)."""
     address = parse_ip_literal(host)
