@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import select
@@ -236,6 +237,9 @@ def _child(  # pragma: no cover - covered by the lab tests, in a forked process
         writer = open_log()  # its own spool and thread; it does not seal the session
         try:
             gateway = build(writer.emit)
+            # What exists now (modules, policy tables, contexts) lives as long as the
+            # process: out of the collector's sight, each collection has less to walk.
+            gc.freeze()
             listeners = _receive_listeners(hand)
             import asyncio  # here: the parent does not need the event loop machinery
 

@@ -13,6 +13,7 @@ hole, because the gateway dials the normalised name it decided on, never the raw
 from __future__ import annotations
 
 import encodings.idna
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ def normalize_host(name: str) -> str:
     """
     if not isinstance(name, str):
         raise InvalidHost("a host name must be text")
+    return _normalize(name)
+
+
+# Every request names its host: the same few names again and again. Invalid names raise
+# and are not remembered; the bound keeps hostile variety from growing the cache.
+@functools.lru_cache(maxsize=4096)
+def _normalize(name: str) -> str:
     if name == "":
         raise InvalidHost("empty host name")
     if len(name) > 4 * MAX_NAME_LENGTH:
