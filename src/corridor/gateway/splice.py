@@ -132,7 +132,8 @@ async def _ready(
     if writable is not None:
         loop.add_writer(writable, wake)
     try:
-        await asyncio.wait_for(waiter, timeout)
+        async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
+            await waiter
     except TimeoutError:
         pass  # the caller's idle check decides
     finally:
