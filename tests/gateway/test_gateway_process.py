@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.gateway.loopback import loopback_listeners
 
 from corridor.audit import EventWriter, Kind, read_events
 from corridor.errors import UserError
@@ -17,18 +18,6 @@ from corridor.gateway.server import Gateway
 from corridor.policy import policy_from_flags
 
 SESSION = "20261127T080000Z-0a1b2c3d"
-
-
-def _listeners() -> dict[str, socket.socket]:
-    def stream() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        return s
-
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    return {"transparent": stream(), "proxy": stream(), "dns_tcp": stream(), "dns_udp": udp}
 
 
 def _spawn(tmp_path: Path, build=None) -> GatewayProcess:
@@ -42,7 +31,7 @@ def _spawn(tmp_path: Path, build=None) -> GatewayProcess:
 
 
 def _hand_over(gateway: GatewayProcess) -> dict[str, socket.socket]:
-    listeners = _listeners()
+    listeners = loopback_listeners()
     addresses = {name: s.getsockname() for name, s in listeners.items()}
     gateway.hand_over(listeners)
     for s in listeners.values():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.gateway.loopback import loopback_listeners
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway.addresses import parse_unsafe_range
@@ -126,15 +126,7 @@ class Rig:
 async def rig(
     policy: Policy, unsafe: tuple[str, ...] = (), **limits: float | int | None
 ) -> AsyncIterator[Rig]:
-    socks = {
-        "transparent": socket.create_server((LOOP, 0)),
-        "proxy": socket.create_server((LOOP, 0)),
-        "dns_udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
-        "dns_tcp": socket.create_server((LOOP, 0)),
-    }
-    socks["dns_udp"].bind((LOOP, 0))
-    for s in socks.values():
-        s.setblocking(False)
+    socks = loopback_listeners()
     events: list[Event] = []
     gw = Gateway(
         policy=policy,

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.gateway.loopback import loopback_listeners
 from tests.lab.ca import write_lab_pki
 
 from corridor.audit.events import Event, Kind
@@ -163,15 +163,7 @@ async def rig(
     **limits: float | int | None,
 ) -> AsyncIterator[Rig]:
     """A gateway on loopback; with `tmp_path`, inspecting, trusting a test CA upstream."""
-    socks = {
-        "transparent": socket.create_server((LOOP, 0)),
-        "proxy": socket.create_server((LOOP, 0)),
-        "dns_udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
-        "dns_tcp": socket.create_server((LOOP, 0)),
-    }
-    socks["dns_udp"].bind((LOOP, 0))
-    for s in socks.values():
-        s.setblocking(False)
+    socks = loopback_listeners()
     ca = SessionCA.generate("test") if tmp_path is not None else None
     upstream_cas = (tmp_path / "lab-ca.pem",) if tmp_path is not None else ()
     events: list[Event] = []
