@@ -50,8 +50,8 @@ def test_filtered_configuration_inside_the_sandbox(lab, tmp_path):
         "git config --global credential.helper || echo no-helper; "
         "npm config get registry 2>/dev/null || grep registry ~/.npmrc; "
         "python3 -c 'import configparser,os; c=configparser.ConfigParser(); "
-        "c.read(os.path.expanduser(\"~/.config/pip/pip.conf\")); "
-        "print(c[\"global\"][\"index-url\"])'; "
+        'c.read(os.path.expanduser("~/.config/pip/pip.conf")); '
+        'print(c["global"]["index-url"])\'; '
         "git config --global user.email bot@agent.test && git config --global user.email; "
         f"cat ~/.gitconfig ~/.npmrc ~/.config/pip/pip.conf | grep -c -e {TOKEN} -e {NPM_TOKEN} "
         f"-e {PIP_TOKEN} || true"
@@ -93,3 +93,29 @@ def test_filtered_configuration_inside_the_sandbox(lab, tmp_path):
     del records[0]["data"]["command"]  # the test's own script names the tokens it greps for
     for secret in (TOKEN, NPM_TOKEN, PIP_TOKEN):
         assert secret not in json.dumps(records)
+
+
+def test_a_symlinked_dotfile_is_filtered_under_both_names(lab, tmp_path):
+    """~/.gitconfig -> ~/dotfiles/gitconfig: the file it names is the one replaced."""
+    home = tmp_path / "home"
+    (home / "dotfiles").mkdir(parents=True)
+    (home / "dotfiles" / "gitconfig").write_text(GITCONFIG)
+    (home / ".gitconfig").symlink_to("dotfiles/gitconfig")
+    ws = home / "project"
+    ws.mkdir()
+    script = (
+        f"git config --global user.name; grep -c {TOKEN} ~/.gitconfig ~/dotfiles/gitconfig || true"
+    )
+    r = lab.run(
+        [sys.executable, "-m", "corridor", "run", "-q", "--state-dir", str(tmp_path / "st"),
+         "--", "sh", "-c", script],
+        env={"HOME": str(home), "XDG_CONFIG_HOME": None},
+        cwd=str(ws),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "Ada Lovelace",
+        f"{home}/.gitconfig:0",
+        f"{home}/dotfiles/gitconfig:0",
+    ]
+    assert (home / "dotfiles" / "gitconfig").read_text() == GITCONFIG

@@ -188,30 +188,33 @@ def setup_home(cfg: dict) -> None:
             err = mount("/dev/null", path, None, MS_BIND, None)
         if err:
             fail(f"sandbox setup: cannot mask {path}: {err}")
-    show_views(cfg.get("views", []), overlaid)
+    show_views(cfg.get("views", []), home, overlaid)
     if ws:
         err = mount(f"{STAGING}/ws", ws, None, MS_MOVE, None)
         if err:
             fail(f"sandbox setup: cannot mount the workspace: {err}")
 
 
-def show_views(views: list[list[str]], overlaid: bool) -> None:
+def show_views(views: list[list[str]], home: str | None, overlaid: bool) -> None:
     """Put each filtered copy (sandbox/views.py) where its original was.
 
     In the overlaid home the copy is written as a file of its own, so the command can
     change it (`git config --global ...`) like any file there, and the change dies with
-    the session. Without the overlay it is bound read-only over the original. A copy
-    that cannot be put in place stops the run: the original holds secrets.
+    the session. A symlink (dotfiles kept in a repository) is followed: the file it names
+    is the original, and is the one replaced, so neither name shows the secrets. Where
+    that file lies outside the overlaid home (or there is no overlay), the copy is bound
+    read-only over it. A copy that cannot be put in place stops the run.
     """
     for path, source in views:
         if not os.path.lexists(path):
             continue  # not visible in here: nothing to replace
-        if overlaid:
+        target = os.path.realpath(path)
+        if overlaid and home and target.startswith(home.rstrip("/") + "/"):
             try:
                 with open(source, "rb") as f:
                     data = f.read()
-                os.unlink(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                os.unlink(target)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
                 try:
                     view = memoryview(data)
                     while view:
@@ -221,7 +224,7 @@ def show_views(views: list[list[str]], overlaid: bool) -> None:
                 continue
             except OSError as e:
                 fail(f"sandbox setup: cannot show the filtered {path}: {e.strerror}")
-        err = mount(source, path, None, MS_BIND, None)
+        err = mount(source, target, None, MS_BIND, None)
         if err:
             fail(f"sandbox setup: cannot show the filtered {path}: {err}")
 
