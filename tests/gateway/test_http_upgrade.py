@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from tests.gateway.loopback import loopback_listeners
 from tests.lab.ca import write_lab_pki
+from tests.lab.world_ws import frame
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway.addresses import parse_unsafe_range
@@ -569,9 +570,7 @@ def test_a_clean_body_in_many_pieces_arrives_whole() -> None:
 
 def ws_frame(payload: bytes, *, fin: bool = True, opcode: int = 0x1, rsv: int = 0) -> bytes:
     """A client frame, masked with a zero key so that upstream's bytes can be read."""
-    assert len(payload) < 126
-    first = (0x80 if fin else 0) | rsv | opcode
-    return bytes([first, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+    return frame(opcode, payload, b"\0\0\0\0", fin=fin, rsv=rsv)
 
 
 def test_a_placeholder_sent_in_websocket_frames_never_leaves() -> None:

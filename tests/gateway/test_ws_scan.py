@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.lab.world_ws import frame as ws_frame
 
 from corridor.gateway.credentials import Broker, parse_credentials
 from corridor.gateway.scan import Finding
@@ -32,18 +32,7 @@ def frame(
     rsv: int = 0,
 ) -> bytes:
     """A client frame (masked unless mask=None)."""
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    bit = 0x80 if mask is not None else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if mask is None:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return ws_frame(opcode, payload, mask, fin=fin, rsv=rsv)
 
 
 def feed_all(frames: FrameScanner, pieces: list[bytes]) -> tuple[bytes, list[Finding]]:

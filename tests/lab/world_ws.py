@@ -40,10 +40,13 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
 
 
-def frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
-    """One final frame; `mask` (4 bytes) for a client's frame, None for a server's."""
+def frame(
+    opcode: int, payload: bytes, mask: bytes | None = None, *, fin: bool = True, rsv: int = 0
+) -> bytes:
+    """One frame (final unless fin=False; `rsv` sets reserved bits); `mask` (4 bytes) for a
+    client's frame, None for a server's."""
     n = len(payload)
-    head = bytes([0x80 | opcode])
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
     bit = 0x80 if mask is not None else 0
     if n < 126:
         head += bytes([bit | n])
