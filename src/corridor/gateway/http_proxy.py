@@ -34,7 +34,7 @@ from corridor.gateway.http_target import (
     rewrite_origin_form,
 )
 from corridor.gateway.limits import RELAY_CHUNK, LimitReached
-from corridor.gateway.relay import Counters, close_quietly, relay, reset
+from corridor.gateway.relay import Counters, close_quietly, relay, reset, take_buffered
 from corridor.gateway.scan import Finding
 from corridor.gateway.splice import SpliceTimeout, splice_exactly
 from corridor.gateway.upstream import UpstreamError, UpstreamTLSError, dial
@@ -649,7 +649,7 @@ class HttpExchange:
         ):
             return False
         up_w.transport.pause_reading()  # from here on only splice reads upstream
-        buffered = _take_buffered(up_r)
+        buffered = take_buffered(up_r)
         if buffered:  # h11 reads an empty chunk as the end of the stream
             uc.receive_data(buffered)
         sent = self._send_held_body(uc, length)
@@ -1004,13 +1004,6 @@ def _spliceable_length(method: bytes, ev: h11.Response) -> int | None:
         return None
     length = int(lengths[0])  # h11 checked it is a decimal number
     return length if length >= SPLICE_MIN_BYTES else None
-
-
-def _take_buffered(reader: asyncio.StreamReader) -> bytes:
-    """What the stream reader has read from the socket and nobody has taken yet."""
-    buffered = bytes(reader._buffer)  # the only way to take it without waiting
-    reader._buffer.clear()
-    return buffered
 
 
 async def _drain_fully(writer: asyncio.StreamWriter) -> None:

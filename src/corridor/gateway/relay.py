@@ -300,16 +300,25 @@ def _sweeper() -> _Sweeper:
     return sweeper
 
 
+def take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the stream reader has read from its socket and nobody has taken yet.
+
+    The reader's buffer is private to asyncio, and there is no public way to take it
+    without waiting; this is the one place that knows it.
+    """
+    buffered = bytes(reader._buffer)
+    reader._buffer.clear()
+    return buffered
+
+
 def _take_over(
     half: _Half, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> tuple[bytes, bool, bool]:
     """Move a stream pair's transport to `half`: (bytes the reader held, EOF seen, failed).
 
-    The reader's buffer is private to asyncio; reading it here is the one place that
-    knows it. A reader may also have paused its transport (buffer full): resume it.
+    A reader may also have paused its transport (buffer full): resume it.
     """
-    buffered = bytes(reader._buffer)  # see the docstring
-    reader._buffer.clear()
+    buffered = take_buffered(reader)
     transport = writer.transport
     transport.set_protocol(half)
     half.transport = transport  # type: ignore[assignment]
