@@ -3,7 +3,7 @@
     sudo .venv/bin/python -m bench.cpu_per_conn [--rounds N] [--window S] [--no-audit]
                                                 [--inspect] [--profile OUT.json]
                                                 [--compare SRC_DIR [--idle]]
-                                                [--transparent]
+                                                [--transparent] [--idle]
 
 Runs only corridor's proxy rows of the full bench (`bench.run`), in a bench namespace of
 its own: nginx upstream, `gateway_host.py`, the load client at C=64 for HTTPS
@@ -14,8 +14,8 @@ connections per second move with the neighbours' load; CPU per connection moves 
 less, which is why it is the figure this script reports first.
 
 `--inspect` adds the inspected HTTPS row (a gateway with `inspect: true`); `--profile`
-records the gateway with py-spy (bench tools venv) during the first cell's first round;
-`BENCH_UVLOOP=1` runs the gateways on uvloop (gateway_host.py). `--compare SRC_DIR`
+records the gateway with py-spy (bench tools venv) during the first cell's first round.
+`--compare SRC_DIR`
 runs the CONNECT row of this tree and of corridor imported from SRC_DIR (e.g. `git
 archive HEAD src | tar -x -C /tmp/base`, then `--compare /tmp/base/src`) round by
 round alternately: the before/after of a change on a shared machine.
@@ -166,16 +166,8 @@ def compare(rounds: int, window: float, audit: bool, other: Path, idle: bool) ->
                 flush=True,
             )
         if idle:
-            from bench.run import _idle
-
             for name, gw in gateways.items():
-                m = _idle(gw, {"ca": pki.ca_pem})
-                print(
-                    f"{name}: RSS {m['before'] / 1e6:.1f} MB before, {m['idle'] / 1e6:.1f} MB "
-                    f"with {m['open']} idle tunnels ({m['errors']} errors), "
-                    f"{m['after'] / 1e6:.1f} MB after",
-                    flush=True,
-                )
+                _print_idle(name, gw, pki.ca_pem)
     finally:
         for gw in gateways.values():
             gw.stop()
@@ -219,7 +211,24 @@ def transparent(window: float) -> int:
     return 0
 
 
-def inside(rounds: int, window: float, audit: bool, profile: Path | None, inspect: bool) -> int:
+def _print_idle(name: str, gw: peers.Peer, ca: Path, start: int | None = None) -> None:
+    from bench.procstat import rss_bytes
+    from bench.run import _idle
+
+    after_load = rss_bytes(gw.pid)
+    m = _idle(gw, {"ca": ca})
+    began = f"{start / 1e6:.1f} MB at start, " if start is not None else ""
+    print(
+        f"{name}: RSS {began}{after_load / 1e6:.1f} MB before the idle tunnels, "
+        f"{m['idle'] / 1e6:.1f} MB with {m['open']} idle tunnels ({m['errors']} errors), "
+        f"{m['after'] / 1e6:.1f} MB after",
+        flush=True,
+    )
+
+
+def inside(
+    rounds: int, window: float, audit: bool, profile: Path | None, inspect: bool, idle: bool
+) -> int:
     QUICK_DIR.mkdir(parents=True, exist_ok=True)
     pki = upstream.make_pki(QUICK_DIR / "pki")
     sha = upstream.make_bodies(WORK_DIR / "www")
@@ -237,6 +246,9 @@ def inside(rounds: int, window: float, audit: bool, profile: Path | None, inspec
         assert gw.cafile is not None
         cells.append(("https-inspected/connect", "inspect", "https", "connect", gw.cafile))
     series = {name: sampler.watch(name, gw.pid) for name, gw in gateways.items()}
+    from bench.procstat import rss_bytes
+
+    start_rss = rss_bytes(gateways["plain"].pid)
     try:
         for name, which, scheme, mode, ca in cells:
             gw = gateways[which]
@@ -247,6 +259,8 @@ def inside(rounds: int, window: float, audit: bool, profile: Path | None, inspec
             spec = _spec(name, "bulk", scheme, mode, gateways[which].proxy, ca, window)
             spec["sha256"] = sha
             _bulk(name, series[which], spec)
+        if idle:
+            _print_idle("plain gateway", gateways["plain"], pki.ca_pem, start_rss)
     finally:
         for gw in gateways.values():
             gw.stop()
@@ -265,7 +279,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--compare", type=Path, metavar="SRC", help="alternate with corridor from SRC"
     )
-    parser.add_argument("--idle", action="store_true", help="--compare: RSS with idle tunnels")
+    parser.add_argument("--idle", action="store_true", help="RSS after load, with idle tunnels")
     parser.add_argument("--transparent", action="store_true", help="the `corridor run` rows")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv[1:])
@@ -275,7 +289,9 @@ def main(argv: list[str]) -> int:
         other = args.compare.resolve()
         return compare(args.rounds, args.window, not args.no_audit, other, args.idle)
     if args.inside:
-        return inside(args.rounds, args.window, not args.no_audit, args.profile, args.inspect)
+        return inside(
+            args.rounds, args.window, not args.no_audit, args.profile, args.inspect, args.idle
+        )
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as bench.run: cached bytecode
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with netns.bench_namespace() as ns:

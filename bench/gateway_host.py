@@ -3,16 +3,13 @@
     python -m bench.gateway_host --state-dir DIR [--no-audit]
                                  [--inspect CA_OUT --upstream-ca CA]
 
-Runs `corridor.gateway.server.Gateway` exactly as `corridor run` does (same policy
-type, same event writer, same event loop setup as session.py), but on listeners this
-process binds on 127.0.0.1 instead of sockets handed over by the sandbox's init. Prints
-one JSON line with the ports once it serves; SIGTERM stops it and flushes the log.
-`--no-audit` replaces the event writer by a function that drops events: the difference
-between the two is what the audit costs per connection.
-
-`--uvloop` runs the same gateway on uvloop's event loop instead of asyncio's (to
-evaluate it; uvloop must be importable): `BENCH_UVLOOP=1` in the environment does the
-same for gateways the harness starts.
+Starts the gateway process exactly as `corridor run` does (`GatewayProcess.spawn` with the
+document `gateway_config` makes: a fresh `corridor-gw` interpreter with its own event
+writer), but hands it listeners this process binds on 127.0.0.1 instead of sockets made
+by the sandbox's init. Prints one JSON line with the ports and the gateway process's pid
+(the process to measure) once it serves; SIGTERM stops it and flushes the log.
+`--no-audit` starts the gateway without an event log: the difference between the two is
+what the audit costs per connection.
 
 `--inspect CA_OUT` runs the gateway with a policy that inspects the upstream (`inspect:
 true`) and a session CA whose certificate goes to CA_OUT for the load client to trust;
@@ -23,11 +20,9 @@ inspect yet prints {"error": ...} and exits 3.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
-import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -35,11 +30,19 @@ from pathlib import Path
 
 from bench.config import CORRIDOR_ALLOW, INSPECT_POLICY
 from corridor.audit import EventWriter, new_session_id
-from corridor.gateway.server import Gateway
+from corridor.gateway.process import GatewayProcess, gateway_config
 from corridor.policy import load_policy, policy_from_flags
 
 LISTEN_BACKLOG = 4096  # a burst of 64 concurrent connects must never wait on the backlog
 NO_INSPECTION = 3  # exit code: this gateway cannot inspect TLS (yet)
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: stop the gateway."""
+
+
+def _stop(_sig: int, _frame: object) -> None:
+    raise _Stop
 
 
 class NoInspection(Exception):
@@ -47,18 +50,16 @@ class NoInspection(Exception):
 
 
 def inspection_options(state_dir: Path, ca_out: Path, upstream_ca: Path | None) -> dict:
-    """Gateway keyword arguments for an inspecting gateway; writes its CA to `ca_out`."""
+    """`gateway_config` keyword arguments for an inspecting gateway; writes its CA to
+    `ca_out`."""
     try:
         from corridor.gateway.tlsca import SessionCA
     except ImportError as e:
         raise NoInspection(f"no corridor.gateway.tlsca ({e})") from None
-    fields = {f.name for f in dataclasses.fields(Gateway)}
-    if "ca" not in fields:
-        raise NoInspection("Gateway takes no session CA")
     ca = SessionCA.generate("bench")
     ca_out.write_bytes(ca.cert_pem())
     options: dict = {"ca": ca}
-    if upstream_ca is not None and "upstream_cas" in fields:
+    if upstream_ca is not None:
         options["upstream_cas"] = (upstream_ca,)
     return options
 
@@ -84,35 +85,41 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(state_dir: Path, audit: bool, inspect: dict | None = None) -> int:
+def serve(state_dir: Path, audit: bool, inspect: dict | None = None) -> int:
     if inspect is None:
         policy = policy_from_flags(list(CORRIDOR_ALLOW), None)
     else:
         path = state_dir / "inspect-policy.yaml"
         path.write_text(INSPECT_POLICY)
         policy = load_policy(path)
-    writer = EventWriter(state_dir / "events.db") if audit else None
-    if writer is not None:
-        writer.flush()
-    gateway = Gateway(
-        policy=policy,
-        session=new_session_id(),
-        emit=writer.emit if writer is not None else (lambda event: None),
-        **(inspect or {}),
+    db = state_dir / "events.db"
+    session = new_session_id()
+    if audit:
+        EventWriter(db).close()  # the store exists before the gateway writes its spool
+    config = gateway_config(
+        session=session, db=db if audit else None, policy=policy, **(inspect or {})
     )
+    gateway = GatewayProcess.spawn(config)
     listeners = _listeners()
-    await gateway.start(listeners)
     ports = {name: s.getsockname()[1] for name, s in listeners.items()}
-    print(json.dumps(ports), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await gateway.stop()
-    if writer is not None:
-        writer.close()
-        print(f"events written: {writer.written}", file=sys.stderr)
+    gateway.hand_over(listeners)
+    for s in listeners.values():
+        s.close()
+    gateway.wait_ready()
+    print(json.dumps({**ports, "pid": gateway.pid}), flush=True)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
+        select.select([gateway.pidfd], [], [])  # until told to stop, or the gateway ends
+    except _Stop:
+        pass
+    end = gateway.stop()
+    gateway.close()
+    if audit:
+        from corridor.audit import read_events
+
+        written = len(read_events(db, session=session))
+        print(f"events written: {written}; gateway end: {end}", file=sys.stderr)
     return 0
 
 
@@ -122,7 +129,6 @@ def main() -> int:
     parser.add_argument("--no-audit", action="store_true")
     parser.add_argument("--inspect", type=Path, metavar="CA_OUT")
     parser.add_argument("--upstream-ca", type=Path)
-    parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     _raise_fd_limit()
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -133,13 +139,7 @@ def main() -> int:
         except NoInspection as e:
             print(json.dumps({"error": str(e)}), flush=True)
             return NO_INSPECTION
-    # The gateway process runs with asyncio.run: the same loop here, unless uvloop is asked.
-    main_coro = serve(args.state_dir, audit=not args.no_audit, inspect=inspect)
-    if args.uvloop or os.environ.get("BENCH_UVLOOP", "") not in ("", "0"):
-        import uvloop
-
-        return uvloop.run(main_coro)
-    return asyncio.run(main_coro)
+    return serve(args.state_dir, audit=not args.no_audit, inspect=inspect)
 
 
 if __name__ == "__main__":

@@ -169,9 +169,11 @@ class Peer:
     port: int
     cafile: Path | None = None  # the CA a client must trust through it (intercepting)
 
+    served_by: int | None = None  # the process that serves, when `proc` only started it
+
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.served_by or self.proc.pid
 
     @property
     def proxy(self) -> tuple[str, int]:
@@ -316,4 +318,5 @@ def start_gateway(
     if "error" in ports:
         proc.wait()
         raise RuntimeError(f"not available yet: {ports['error']}")
-    return Peer(name, proc, int(ports["proxy"]), cafile)
+    # The pid to measure is the gateway process's (`corridor-gw`), not its launcher's.
+    return Peer(name, proc, int(ports["proxy"]), cafile, served_by=int(ports["pid"]))

@@ -17,7 +17,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from corridor.audit.keys import Signer
 from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.credentials import Broker
-from corridor.gateway.process import GatewayFailed, GatewayProcess
+from corridor.gateway.process import GatewayFailed, GatewayProcess, gateway_config
 from corridor.policy import Policy, policy_hash, policy_to_dict
 from corridor.policy.decide import wants_inspection
 from corridor.sandbox.bwrap import TRUST_MOUNT, SandboxSpec
@@ -48,7 +47,6 @@ from corridor.sandbox.nft import Ports
 from corridor.sandbox.views import View, build_views
 
 if TYPE_CHECKING:  # imported where used: the gateway's modules load in its own process
-    from corridor.gateway.server import Gateway
     from corridor.gateway.tlsca import SessionCA
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -164,8 +162,7 @@ def run(opts: RunOptions) -> RunResult:
     # Read before the start is recorded, which names what they leave out.
     views = build_views(shutil.which("git"), str(home.resolve()), dict(os.environ))
     started = time.time()
-    # This writer records the start and is closed before the gateway is forked (a fork
-    # must not copy a live writer thread); it does not seal: the session goes on.
+    # This writer records the start; it does not seal: the session goes on.
     with EventWriter(db, signer, keep_open={session}) as writer:
         writer.flush()  # an unusable state directory stops the run before anything starts
         writer.emit(
@@ -200,18 +197,15 @@ def run(opts: RunOptions) -> RunResult:
         senv.env.update(trust_env)
         senv.env.update(broker.sandbox_env())  # the placeholders win, as before
 
-    def build(emit: Callable[[Event], None]) -> Gateway:  # runs in the gateway process
-        from corridor.gateway.server import Gateway
-
-        return Gateway(
-            policy=opts.policy,
-            session=session,
-            emit=emit,
-            unsafe=opts.unsafe_allow_private,
-            ca=ca,
-            upstream_cas=upstream_cas,
-            broker=broker if broker.credentials else None,
-        )
+    config = gateway_config(
+        session=session,
+        db=db,
+        policy=opts.policy,
+        unsafe=opts.unsafe_allow_private,
+        ca=ca,
+        upstream_cas=upstream_cas,
+        broker=broker if broker.credentials else None,
+    )
 
     outcome = Outcome(exit_code=125)
     views_parent: Path | None = None
@@ -229,11 +223,8 @@ def run(opts: RunOptions) -> RunResult:
             views_dir=views_parent / "views" if views_parent else None,
             views=tuple((view.path, str(i)) for i, view in enumerate(views)),
         )
-        # Forked first: the gateway gets ready while the sandbox starts.
-        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-        if others:  # a bug of ours: say so now rather than deadlock in the child later
-            raise RuntimeError(f"cannot fork the gateway while threads run: {others}")
-        gateway = GatewayProcess.spawn(build, lambda: EventWriter(db, signer, keep_open={session}))
+        # Started first: the gateway gets ready while the sandbox starts.
+        gateway = GatewayProcess.spawn(config)
         try:
             sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
         except BaseException:

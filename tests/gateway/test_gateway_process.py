@@ -1,4 +1,4 @@
-"""The forked gateway process: ready, serve, stop, report; and every way it can fail."""
+"""The gateway process: ready, serve, stop, report; every way it can fail; what it loads."""
 
 from __future__ import annotations
 
@@ -11,23 +11,25 @@ from pathlib import Path
 import pytest
 from tests.gateway.loopback import loopback_listeners
 
-from corridor.audit import EventWriter, Kind, read_events
-from corridor.errors import UserError
-from corridor.gateway.process import GatewayFailed, GatewayProcess, describe_status
-from corridor.gateway.server import Gateway
+from corridor.audit import Kind, read_events
+from corridor.gateway.process import (
+    GatewayFailed,
+    GatewayProcess,
+    describe_status,
+    gateway_config,
+)
 from corridor.policy import policy_from_flags
 
 SESSION = "20261127T080000Z-0a1b2c3d"
 
 
-def _spawn(tmp_path: Path, build=None) -> GatewayProcess:
+def _config(tmp_path: Path) -> dict:
     policy = policy_from_flags(["allowed.test"], None)
+    return gateway_config(session=SESSION, db=tmp_path / "events.db", policy=policy)
 
-    def default_build(emit):
-        return Gateway(policy=policy, session=SESSION, emit=emit)
 
-    db = tmp_path / "events.db"
-    return GatewayProcess.spawn(build or default_build, lambda: EventWriter(db))
+def _spawn(tmp_path: Path, config: dict | None = None) -> GatewayProcess:
+    return GatewayProcess.spawn(config or _config(tmp_path))
 
 
 def _hand_over(gateway: GatewayProcess) -> dict[str, socket.socket]:
@@ -58,18 +60,58 @@ def test_serves_then_stops_and_reports_its_counters(tmp_path: Path) -> None:
 
 
 def test_a_gateway_that_cannot_be_built_says_why(tmp_path: Path) -> None:
-    def broken(emit):
-        raise UserError("no usable policy table")
-
-    gateway = _spawn(tmp_path, broken)
+    config = _config(tmp_path)
+    config["version"] = 99  # a child from another installation
+    gateway = _spawn(tmp_path, config)
     try:
         _hand_over(gateway)
         with pytest.raises(GatewayFailed) as caught:
             gateway.wait_ready()
     finally:
         gateway.close()
-    assert caught.value.message.startswith("the gateway did not start: no usable policy table")
+    assert caught.value.message.startswith(
+        "the gateway did not start: the gateway was started with a configuration it cannot read"
+    )
     assert "exited 1" in caught.value.message
+
+
+def test_the_gateway_loads_only_what_it_serves_with(tmp_path: Path) -> None:
+    """No policy models, CLI, renderers or YAML; no cryptography without inspection:
+    most of a Python process's memory is what it imported."""
+    gateway = _spawn(tmp_path)
+    try:
+        _hand_over(gateway)
+        gateway.wait_ready()
+        maps = Path(f"/proc/{gateway.pid}/maps").read_text()
+        gateway.stop(timeout=10)
+    finally:
+        gateway.close()
+    assert "_ssl" in maps  # the maps are the child's: it serves TLS-capable sockets
+    for library in ("pydantic_core", "_yaml", "cryptography", "_rust.abi3"):
+        assert library not in maps
+
+
+def test_the_working_directory_is_not_on_the_gateways_import_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """corridor runs in the workspace, which the agent writes: a module planted there
+    must not be imported by the gateway, which holds the credentials."""
+    planted = tmp_path / "planted"
+    (planted / "corridor").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    code = f"open({str(marker)!r}, 'w').close()\n"
+    for name in ("asyncio.py", "json.py", "h11.py", "corridor/__init__.py"):
+        (planted / name).write_text(code)
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    gateway = _spawn(tmp_path)
+    try:
+        _hand_over(gateway)
+        gateway.wait_ready()
+        gateway.stop(timeout=10)
+    finally:
+        gateway.close()
+    assert not marker.exists()
 
 
 def test_stopped_before_the_sandbox_started(tmp_path: Path) -> None:

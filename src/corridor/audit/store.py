@@ -34,13 +34,16 @@ from collections.abc import Collection, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corridor.audit import spool as spools
 from corridor.audit.chain import Record, canonical, genesis, link
 from corridor.audit.events import FIELD_NAMES, Event, Kind, format_command
-from corridor.audit.keys import Signer, Statement, checkpoint_data
 from corridor.errors import UserError
+
+if TYPE_CHECKING:  # keys (cryptography) load where a checkpoint is signed: the gateway
+    # process writes events and never signs
+    from corridor.audit.keys import Signer
 
 DB_FILENAME = "events.db"
 STATE_DIR_MODE = 0o700  # the log names every host the agent reached: owner only
@@ -200,6 +203,8 @@ class _Chains:
         """Sign the session's current head and chain the checkpoint record."""
         count, head = self.head(session)
         ts = time.time()
+        from corridor.audit.keys import Statement, checkpoint_data
+
         statement = Statement(session, count, head.hex(), ts, bool(extra.get("recovered")))
         event = Event(session, Kind.CHECKPOINT, ts, data=checkpoint_data(statement, signer, extra))
         return self.append(event, canonical(event))

@@ -27,9 +27,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import TYPE_CHECKING
 
-from corridor.policy import Decision, Policy
-from corridor.policy.model import DEFAULT_ALLOW_PORTS
+from corridor.policy.constants import DEFAULT_ALLOW_PORTS
+from corridor.policy.decide import Decision
+
+if TYPE_CHECKING:
+    from corridor.policy.compiled import CompiledPolicy
+    from corridor.policy.model import Policy
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -272,7 +277,7 @@ def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
 def check_dial(
     address: IPAddress,
     port: int,
-    policy: Policy,
+    policy: Policy | CompiledPolicy,
     unsafe: tuple[UnsafeRange, ...] = (),
     *,
     own: bool = False,

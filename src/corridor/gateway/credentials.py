@@ -19,6 +19,11 @@ On an inspected request the gateway calls, in this order:
    a configured header is replaced by the real value. After expiry a request still carrying
    the placeholder is refused with the reason.
 
+`corridor run` reads the values and hands the broker to the gateway process as data
+(`Broker.to_wire`, read back with `Broker.from_wire`): that document holds the real values
+and travels only through a private descriptor. The broker works on compiled specs
+(corridor.policy.compiled), so the gateway process never loads the policy model (pydantic).
+
 The parts live in modules by job, re-exported here so that the broker's users find
 everything in one place: `sources.py` reads the real values (the only I/O, once at
 session start), `placeholders.py` makes placeholders, `scan.py` finds values in requests,
@@ -30,10 +35,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import importlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corridor.gateway.placeholders import BASE62 as BASE62
 from corridor.gateway.placeholders import PLACEHOLDER_RANDOM_CHARS as PLACEHOLDER_RANDOM_CHARS
@@ -52,18 +59,38 @@ from corridor.gateway.sources import MAX_SECRET_BYTES as MAX_SECRET_BYTES
 from corridor.gateway.sources import Secret as Secret
 from corridor.gateway.sources import read_secret as read_secret
 
-# The model lives with the policy (which imports nothing of the gateway); re-exported here
-# so that the broker's users find everything in one place.
-from corridor.policy.credentials import VALUE_SLOT
-from corridor.policy.credentials import CredentialSpec as CredentialSpec
-from corridor.policy.credentials import Injection as Injection
-from corridor.policy.credentials import Source as Source
-from corridor.policy.credentials import format_ttl as format_ttl
-from corridor.policy.credentials import parse_credentials as parse_credentials
-from corridor.policy.credentials import parse_injection as parse_injection
-from corridor.policy.credentials import parse_source as parse_source
-from corridor.policy.credentials import parse_ttl as parse_ttl
+# The broker works on compiled specs (pydantic-free: the gateway process never loads the
+# model); the parsed parts are re-exported here so that its users find them in one place.
+from corridor.policy.compiled import CompiledCredential as CompiledCredential
+from corridor.policy.compiled import Injection as Injection
+from corridor.policy.compiled import Source as Source
+from corridor.policy.compiled import compile_credential as compile_credential
+from corridor.policy.compiled import credential_from_wire, credential_to_wire
+from corridor.policy.compiled import format_ttl as format_ttl
+from corridor.policy.constants import VALUE_SLOT
 from corridor.policy.hosts import HostPattern, InvalidHost, normalize_host
+
+if TYPE_CHECKING:
+    from corridor.policy.credentials import CredentialSpec as CredentialSpec
+    from corridor.policy.credentials import parse_credentials as parse_credentials
+    from corridor.policy.credentials import parse_injection as parse_injection
+    from corridor.policy.credentials import parse_source as parse_source
+    from corridor.policy.credentials import parse_ttl as parse_ttl
+
+# The model's names (pydantic) are re-exported too, but loaded on first use (PEP 562), so
+# that importing the broker does not load pydantic.
+_FROM_THE_MODEL = frozenset(
+    {"CredentialSpec", "parse_credentials", "parse_injection", "parse_source", "parse_ttl"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM_THE_MODEL:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module("corridor.policy.credentials"), name)
+    globals()[name] = value  # next time a plain lookup
+    return value
+
 
 # Values shorter than this are not searched for in other requests: a short password would
 # turn up by chance in ordinary traffic and block it. Placeholders are always longer.
@@ -73,14 +100,22 @@ MIN_SCAN_LENGTH = 8
 
 EXPIRED = "credential expired"
 
+# The shape of `Broker.to_wire`; parent and gateway come from one installation.
+BROKER_WIRE_VERSION = 1
+_BROKERED_KEYS = frozenset({"spec", "placeholder", "value", "expires"})
+
 # ---- the broker -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Brokered:
-    """One credential in a running session: spec, placeholder, real value, deadline."""
+    """One credential in a running session: spec, placeholder, real value, deadline.
 
-    spec: CredentialSpec
+    In a Broker `spec` is always compiled (corridor.policy.compiled): the Broker compiles
+    a model `CredentialSpec` it is given.
+    """
+
+    spec: CompiledCredential | CredentialSpec
     placeholder: str
     secret: Secret = field(repr=False)
     expires: float | None  # on the caller's clock (time.monotonic), None = no ttl
@@ -107,7 +142,9 @@ class Broker:
     """The session's credentials: placeholders out, real values in, on bound hosts only."""
 
     def __init__(self, brokered: Sequence[Brokered]) -> None:
-        self.credentials = tuple(brokered)
+        self.credentials = tuple(
+            dataclasses.replace(c, spec=compile_credential(c.spec)) for c in brokered
+        )
         self.warnings: list[str] = []
         self._needles: dict[str, list[Needle]] = {}
         for c in self.credentials:
@@ -127,7 +164,7 @@ class Broker:
     @classmethod
     def start(
         cls,
-        specs: Sequence[CredentialSpec],
+        specs: Sequence[CredentialSpec | CompiledCredential],
         now: float,
         env: Mapping[str, str] | None = None,
         token: Any = secrets,
@@ -135,7 +172,7 @@ class Broker:
         """Read every value (see `read_secret`) and make the placeholders; `now` starts the TTLs."""
         brokered = []
         placeholders: set[str] = set()
-        for spec in specs:
+        for spec in map(compile_credential, specs):
             secret = read_secret(spec, env)
             placeholder = make_placeholder(secret.reveal(), token)
             while placeholder in placeholders or _contains(placeholder, secret.reveal()):
@@ -143,6 +180,51 @@ class Broker:
             placeholders.add(placeholder)
             expires = now + spec.ttl if spec.ttl is not None else None
             brokered.append(Brokered(spec, placeholder, secret, expires))
+        return cls(brokered)
+
+    # -- handing the broker to the gateway process -------------------------------------------
+
+    def to_wire(self) -> dict[str, Any]:
+        """Everything the gateway needs to serve, as JSON-able data: specs, placeholders,
+        REAL VALUES and deadlines (on time.monotonic, which every process of the machine
+        shares). Send it only over a private pipe or memfd; never log or store it."""
+        return {
+            "wire": BROKER_WIRE_VERSION,
+            "credentials": [
+                {
+                    "spec": credential_to_wire(compile_credential(c.spec)),
+                    "placeholder": c.placeholder,
+                    "value": c.secret.reveal(),
+                    "expires": c.expires,
+                }
+                for c in self.credentials
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> Broker:
+        """The broker `to_wire` described. Raises ValueError (never showing a value) for
+        anything else."""
+        if not isinstance(data, dict) or set(data) != {"wire", "credentials"}:
+            raise ValueError("broker wire: expected keys 'wire' and 'credentials'")
+        if data["wire"] != BROKER_WIRE_VERSION or not isinstance(data["credentials"], list):
+            raise ValueError(f"broker wire: version {data['wire']!r} or shape not understood")
+        brokered = []
+        for index, item in enumerate(data["credentials"]):
+            where = f"broker wire: credentials[{index}]"
+            if not isinstance(item, dict) or set(item) != _BROKERED_KEYS:
+                raise ValueError(f"{where}: expected keys {sorted(_BROKERED_KEYS)}")
+            spec = credential_from_wire(item["spec"], f"credentials[{index}].spec")
+            placeholder, value, expires = item["placeholder"], item["value"], item["expires"]
+            if not isinstance(placeholder, str) or not placeholder:
+                raise ValueError(f"{where}: the placeholder is not text")
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where}: the value is not text")  # never shown
+            if expires is not None and (
+                isinstance(expires, bool) or not isinstance(expires, int | float)
+            ):
+                raise ValueError(f"{where}: expires is not a number")
+            brokered.append(Brokered(spec, placeholder, Secret(value), expires))
         return cls(brokered)
 
     # -- what the session needs -----------------------------------------------------------

@@ -39,7 +39,7 @@ from corridor.gateway.scan import Finding
 from corridor.gateway.splice import SpliceTimeout, splice_exactly
 from corridor.gateway.upstream import UpstreamError, UpstreamTLSError, dial
 from corridor.gateway.ws_scan import FrameError, FrameScanner
-from corridor.policy import Decision, Target
+from corridor.policy.decide import Decision, Target
 from corridor.policy.hosts import InvalidHost, normalize_host, parse_ip_literal
 
 if TYPE_CHECKING:

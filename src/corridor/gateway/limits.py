@@ -17,8 +17,11 @@ DEFAULT_MAX_CONNECTIONS of them (the policy may set another cap).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from corridor.policy import Limits
+if TYPE_CHECKING:
+    from corridor.policy.compiled import CompiledLimits
+    from corridor.policy.model import Limits
 
 # Concurrent TCP connections from one sandbox (transparent, proxy and DNS over TCP). A
 # build opening hundreds of parallel downloads stays far below it; the benchmark's 1,000
@@ -61,7 +64,9 @@ class GatewayLimits:
     max_dns_inflight: int = MAX_DNS_INFLIGHT
 
     @classmethod
-    def from_policy(cls, limits: Limits, **overrides: float | int | None) -> GatewayLimits:
+    def from_policy(
+        cls, limits: Limits | CompiledLimits, **overrides: float | int | None
+    ) -> GatewayLimits:
         """The defaults, with what the policy's `limits:` sets on top."""
         values: dict[str, float | int | None] = {}
         if limits.max_connections is not None:

@@ -1,60 +1,58 @@
 """The gateway in a process of its own, so that corridor can say why when it dies.
 
-`corridor run` forks the gateway once the sandbox has handed over its listening
-sockets, then closes its own copies: from then on the gateway process is the only
-holder of the sandbox's way out. If it dies, however it dies (a bug, the OOM killer,
-`kill -9`), the kernel closes those sockets, every connect inside is refused, and
+`corridor run` starts the gateway (`gateway/child.py`: a fresh interpreter, named
+`corridor-gw`) before the sandbox, hands it the sandbox's listening sockets once the
+sandbox has made them, then closes its own copies: from then on the gateway process is
+the only holder of the sandbox's way out. If it dies, however it dies (a bug, the OOM
+killer, `kill -9`), the kernel closes those sockets, every connect inside is refused, and
 corridor, which only watches (`session.py`), ends the sandbox and records why.
 
-The child writes events with its own `EventWriter` (its own spool: an event is durable
-before the dial, and survives the child's death for `recover` to import) and never
-seals: the parent writes `session_end` and the signed checkpoint after it.
+The child gets everything it needs as one JSON document (`gateway_config`) in a memfd,
+writes events with its own `EventWriter` (its own spool: an event is durable before the
+dial, and survives the child's death for `recover` to import) and never seals: the
+parent writes `session_end` and the signed checkpoint after it.
 
 It talks to the parent through two pipes: the parent holds the write end of `stop`
 (closing it, or dying, asks the gateway to finish), the child writes JSON lines to
 `report` (`{"ready": true}` once serving; `{"stats": {...}}` or `{"error": ...}` at the
-end). The child is named `corridor-gw` (ps, top, /proc/PID/comm) and gets SIGKILL if the
-parent dies (PR_SET_PDEATHSIG); it ignores SIGINT/SIGQUIT/SIGHUP/SIGTERM, which corridor
-relays to the sandboxed command instead.
+end). The child runs in a process group of its own, gets SIGKILL if the parent dies
+(PR_SET_PDEATHSIG) and ignores SIGINT/SIGQUIT/SIGHUP/SIGTERM, which corridor relays to
+the sandboxed command instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from corridor.errors import UserError
 
-if TYPE_CHECKING:  # the parent never needs them: the child imports them after the fork
-    from corridor.audit import Event, EventWriter
-    from corridor.gateway.server import Gateway
+if TYPE_CHECKING:
+    from corridor.gateway.addresses import UnsafeRange
+    from corridor.gateway.credentials import Broker
+    from corridor.gateway.tlsca import SessionCA
 
-PROCESS_NAME = b"corridor-gw"  # /proc/PID/comm holds at most 15 bytes
 # The gateway binds nothing and loads nothing slow before it serves: this only catches
 # a child that is stuck.
 READY_TIMEOUT_S = 15.0
 # After the command ended: time for open connections to be cancelled and the events to
 # be committed before the child is killed (its spool still holds every event).
 STOP_TIMEOUT_S = 15.0
-_PR_SET_PDEATHSIG = 1
-_PR_SET_NAME = 15
-# Signals sent to a whole process group or service (a terminal's Ctrl-C, a service
-# manager's stop): they are meant for the command, which corridor relays them to, and
-# which may still need the network to shut down cleanly. The gateway ends when corridor
-# closes its stop pipe (or dies: PR_SET_PDEATHSIG).
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
 _REPORT_LIMIT = 1 << 20
-_MAX_LISTENERS = 16  # the sandbox hands over a handful (sandbox/launch.py)
+# The child's first lines: corridor's own import path first (the one this process
+# imported corridor from), whatever the working directory or PYTHONPATH say (-I -S).
+_BOOT = "import sys; sys.path[:0] = {path!r}; from corridor.gateway.child import main; main()"
 
 
 class GatewayFailed(UserError):
@@ -69,15 +67,15 @@ class GatewayEnd:
     error: str | None
 
 
-BuildGateway = Callable[[Callable[["Event"], None]], "Gateway"]
-
-
 class GatewayProcess:
     """The parent's handle on the forked gateway."""
 
-    def __init__(self, pid: int, stop_w: int, report_r: int, hand: socket.socket) -> None:
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
+    def __init__(
+        self, proc: subprocess.Popen, stop_w: int, report_r: int, hand: socket.socket
+    ) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.pidfd = os.pidfd_open(proc.pid)
         self._stop_w = stop_w
         self._report_r = report_r
         self._hand: socket.socket | None = hand
@@ -88,27 +86,44 @@ class GatewayProcess:
         self._error: str | None = None
 
     @classmethod
-    def spawn(cls, build: BuildGateway, open_log: Callable[[], EventWriter]) -> GatewayProcess:
-        """Fork the gateway, which gets ready (imports, policy tables, TLS contexts, its
-        event writer) while the caller starts the sandbox, then waits for `hand_over`.
-
-        The caller must hold no other thread (fork copies only this one, and a lock held
-        by another would stay locked in the child).
-        """
+    def spawn(cls, config: dict[str, Any]) -> GatewayProcess:
+        """Start the gateway, which gets ready (imports, policy tables, TLS contexts, its
+        event writer) while the caller starts the sandbox, then waits for `hand_over`."""
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         hand, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+        config_fd = _memfd("corridor-gw-config", json.dumps(config).encode())
+        ends = {
+            "--config": config_fd,
+            "--hand": hand_child.fileno(),
+            "--stop": stop_r,
+            "--report": report_w,
+        }
+        argv = [sys.executable, "-I", "-S", "-c", _BOOT.format(path=_import_path())]
+        argv += ["--parent", str(os.getpid())]
+        for flag, fd in ends.items():
+            argv += [flag, str(fd)]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=tuple(ends.values()),
+                process_group=0,  # a terminal's Ctrl-C is the command's, not the gateway's
+            )
+        except OSError as e:
             os.close(stop_w)
             os.close(report_r)
             hand.close()
-            _child(build, open_log, hand_child, stop_r, report_w, parent)
-        os.close(stop_r)
-        os.close(report_w)
-        hand_child.close()
-        return cls(pid, stop_w, report_r, hand)
+            raise GatewayFailed(
+                f"cannot start the gateway process ({sys.executable}): {e.strerror}",
+                hint="nothing was run: the command reaches the network only through the gateway",
+            ) from None
+        finally:
+            for fd in (config_fd, stop_r, report_w):
+                os.close(fd)
+            hand_child.close()
+        return cls(proc, stop_w, report_r, hand)
 
     def hand_over(self, listeners: dict[str, socket.socket]) -> None:
         """Send the sandbox's listening sockets to the gateway (SCM_RIGHTS). The caller
@@ -181,8 +196,7 @@ class GatewayProcess:
             remaining = max(0.0, deadline - time.monotonic())
             if not select.select([self.pidfd], [], [], remaining)[0]:
                 self.kill()
-            _, status = os.waitpid(self.pid, 0)
-            self._status = status
+            self._status = _wait_status(self._proc.wait())
         return self._status
 
     def _read_line(self, deadline: float) -> bool:
@@ -207,6 +221,11 @@ class GatewayProcess:
         return True
 
 
+def _wait_status(returncode: int) -> int:
+    """`Popen.returncode` (negative: killed by that signal) as a `waitpid` status."""
+    return -returncode if returncode < 0 else returncode << 8
+
+
 def describe_status(status: int) -> str:
     """A `waitpid` status in words."""
     if os.WIFSIGNALED(status):
@@ -220,89 +239,55 @@ def describe_status(status: int) -> str:
     return "the gateway process ended" if code == 0 else f"the gateway process exited {code}"
 
 
-# ---- the child ------------------------------------------------------------------------
+def gateway_config(
+    *,
+    session: str,
+    db: Path | None,
+    policy: Any,
+    unsafe: Iterable[UnsafeRange] = (),
+    ca: SessionCA | None = None,
+    upstream_cas: Iterable[Path] = (),
+    broker: Broker | None = None,
+) -> dict[str, Any]:
+    """The document `child.build_gateway` reads: all the gateway needs, as plain data.
+
+    `db` None: no event log (the benchmark's measure of what the audit costs). `broker`
+    carries real credential values: the document goes only to the child, in a memfd.
+    """
+    from corridor.gateway.child import CONFIG_VERSION
+    from corridor.policy.compiled import compile_policy, to_wire
+
+    return {
+        "version": CONFIG_VERSION,
+        "session": session,
+        "log": None if db is None else {"db": str(db)},
+        "policy": to_wire(compile_policy(policy)),
+        "unsafe": [{"network": str(r.network), "origin": r.origin} for r in unsafe],
+        "ca": None if ca is None else ca.to_wire(),
+        "upstream_cas": [str(p) for p in upstream_cas],
+        "broker": None if broker is None else broker.to_wire(),
+    }
 
 
-def _child(  # pragma: no cover - covered by the lab tests, in a forked process
-    build: BuildGateway,
-    open_log: Callable[[], EventWriter],
-    hand: socket.socket,
-    stop_r: int,
-    report_w: int,
-    parent: int,
-) -> None:
-    code = 1
+def _import_path() -> list[str]:
+    """Where this process found corridor, then the rest of its path (the child runs
+    without `site`: the same directories, found without it), less the script's directory
+    or working directory Python put first (the workspace, perhaps: the agent writes there)."""
+    import corridor
+
+    root = str(Path(next(iter(corridor.__path__))).parent)
+    rest = sys.path if sys.flags.safe_path else sys.path[1:]
+    return [root, *(p for p in rest if p and p != root)]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """A file in memory holding `data`, read from its start by the child."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        _name_and_tie_to(parent)
-        writer = open_log()  # its own spool and thread; it does not seal the session
-        try:
-            gateway = build(writer.emit)
-            # What exists now (modules, policy tables, contexts) lives as long as the
-            # process: out of the collector's sight, each collection has less to walk.
-            gc.freeze()
-            listeners = _receive_listeners(hand)
-            import asyncio  # here: the parent does not need the event loop machinery
-
-            asyncio.run(_serve(gateway, listeners, stop_r, report_w))
-        finally:
-            writer.close()
-        _report(report_w, {"stats": asdict(gateway.stats)})
-        code = 0
-    except UserError as exc:
-        _report(report_w, {"error": exc.message})
-    except BaseException as exc:  # the parent prints it; a traceback here would be lost
-        _report(report_w, {"error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        os._exit(code)  # never run the parent's cleanup (finally blocks, atexit) here
-
-
-def _receive_listeners(hand: socket.socket) -> dict[str, socket.socket]:
-    """The sockets `hand_over` sent; the parent closing the pair instead means that the
-    sandbox did not start: nothing to serve."""
-    message, fds, _flags, _addr = socket.recv_fds(hand, 65536, _MAX_LISTENERS)
-    hand.close()
-    if not message:
-        raise GatewayFailed("the sandbox did not start")
-    names = json.loads(message)
-    if not isinstance(names, list) or len(names) != len(fds):
-        for fd in fds:
-            os.close(fd)
-        raise GatewayFailed("the listening sockets did not arrive whole")
-    return {str(name): socket.socket(fileno=fd) for name, fd in zip(names, fds, strict=True)}
-
-
-def _name_and_tie_to(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above: do not serve
-        os._exit(1)
-    for sig in _GROUP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-async def _serve(
-    gateway: Gateway, listeners: dict[str, socket.socket], stop_r: int, report_w: int
-) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    await gateway.start(listeners)
-    stopped = loop.create_future()
-
-    def on_stop() -> None:
-        if not stopped.done():
-            stopped.set_result(None)
-
-    loop.add_reader(stop_r, on_stop)  # readable = end of file: the parent closed it or died
-    _report(report_w, {"ready": True})
-    try:
-        await stopped
-    finally:
-        loop.remove_reader(stop_r)
-        await gateway.stop()
-
-
-def _report(fd: int, message: dict) -> None:
-    with contextlib.suppress(OSError):
-        os.write(fd, json.dumps(message).encode() + b"\n")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

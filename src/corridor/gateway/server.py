@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corridor.audit.events import Event, Kind
 from corridor.gateway import dns_msg
@@ -48,7 +49,6 @@ from corridor.gateway.sniff import Kind as Sniffed
 from corridor.gateway.sniff import classify
 from corridor.gateway.tls_hello import ClientHelloReader, TLSParseError
 from corridor.gateway.tls_stream import TLSStream
-from corridor.gateway.tlsca import ServerTLS, SessionCA
 from corridor.gateway.upstream import (
     CACHE_TTL_S,
     IPAddress,
@@ -60,8 +60,14 @@ from corridor.gateway.upstream import (
     is_own_address,
 )
 from corridor.gateway.upstream_tls import upstream_context
-from corridor.policy import Decision, Policy, Target, decide, decide_dns
+from corridor.policy.compiled import CompiledPolicy, compile_policy
+from corridor.policy.decide import Decision, Target, decide, decide_dns
 from corridor.policy.hosts import InvalidHost, normalize_host
+
+if TYPE_CHECKING:
+    # tlsca loads cryptography (about 10 MB): imported only when a session CA is given.
+    from corridor.gateway.tlsca import SessionCA
+    from corridor.policy.model import Policy
 
 PEEK_TIMEOUT_S = 0.3  # server-speaks-first protocols (SSH banners, SMTP) send nothing first
 HELLO_TIMEOUT_S = 10.0  # a client that started a TLS handshake finishes it within this
@@ -112,10 +118,11 @@ class Gateway:
     connection is relayed end to end); `upstream_cas` are the --upstream-ca files that
     inspected connections verify upstream certificates with, besides the system store.
     `broker` swaps credentials in on inspected requests to their hosts and flags them
-    anywhere else a request is readable.
+    anywhere else a request is readable. `policy` may be the model (`Policy`) or its
+    compiled form; it is compiled here, so `self.policy` is always a CompiledPolicy.
     """
 
-    policy: Policy
+    policy: CompiledPolicy | Policy
     session: str
     emit: Callable[[Event], None]
     resolver: Resolver = field(default_factory=Resolver)
@@ -133,6 +140,7 @@ class Gateway:
     _dns_overload_told: bool = False
 
     def __post_init__(self) -> None:
+        self.policy = compile_policy(self.policy)
         if self.limits is None:
             self.limits = GatewayLimits.from_policy(self.policy.limits)
         self.budget = SessionBudget(self.limits)
@@ -423,6 +431,8 @@ class Gateway:
             self.record_decision(conn_id, "https", host, port, shown, d)
             reset(writer)
             return
+        from corridor.gateway.tlsca import ServerTLS  # loaded already: self.ca needs it
+
         stream = TLSStream(ServerTLS(context, first), reader, writer)
         try:
             await stream.handshake(HELLO_TIMEOUT_S)

@@ -16,9 +16,14 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corridor.errors import UserError
-from corridor.policy.credentials import _CONTROL, CredentialSpec
+from corridor.policy.constants import CONTROL_CHARS
+
+if TYPE_CHECKING:
+    from corridor.policy.compiled import CompiledCredential
+    from corridor.policy.credentials import CredentialSpec
 
 # `command:` sources mint or read a token (gh, vault, aws, gcloud): seconds, not minutes.
 # stdin is closed, so a command that would prompt fails at once instead of hanging.
@@ -46,7 +51,9 @@ class Secret:
     __str__ = __repr__
 
 
-def read_secret(spec: CredentialSpec, env: Mapping[str, str] | None = None) -> Secret:
+def read_secret(
+    spec: CredentialSpec | CompiledCredential, env: Mapping[str, str] | None = None
+) -> Secret:
     """Read the real value of `spec` from its source (once, at session start).
 
     `env` is the host environment (default: os.environ); a command runs with it, stdin
@@ -116,14 +123,14 @@ def _run_command(argv: tuple[str, ...], env: Mapping[str, str], label: str) -> b
     return done.stdout
 
 
-def _check_value(value: str, spec: CredentialSpec, label: str) -> None:
+def _check_value(value: str, spec: CredentialSpec | CompiledCredential, label: str) -> None:
     if not value:
         raise UserError(f"{label}: the value is empty")
     if "\n" in value or "\r" in value:
         raise UserError(
             f"{label}: the value has more than one line", "the source must give only the token"
         )
-    if _CONTROL.search(value):
+    if CONTROL_CHARS.search(value):
         raise UserError(f"{label}: the value contains control characters")
     in_header = any(i.kind != "basic" for i in spec.injections)
     if in_header and not (value.isascii() and value.isprintable() and " " not in value):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from typing import TYPE_CHECKING
 
-from corridor.gateway.tlsca import ServerTLS
+if TYPE_CHECKING:  # tlsca loads cryptography: only a gateway that inspects imports it
+    from corridor.gateway.tlsca import ServerTLS
 
 RAW_READ = 64 * 1024  # one socket read: a TLS record is at most 16 KiB plus overhead
 

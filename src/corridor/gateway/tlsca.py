@@ -2,6 +2,9 @@
 
 One `SessionCA` lives in the gateway process for one session. Its key is generated in
 memory when the session starts, is never serialised to a file, and dies with the process.
+`corridor run` generates it and hands it to the gateway process as PEM text (`to_wire`,
+read back with `from_wire`) inside the configuration document, which travels only through
+a private descriptor (a memfd), never through a named file.
 For each inspected host it mints a leaf certificate on demand (SAN = the host name or IP
 address, short validity, random serial) and keeps a bounded LRU of ready server
 `ssl.SSLContext`s, so a host seen again costs only the handshake.
@@ -137,6 +140,42 @@ class SessionCA:
             )
             .sign(key, SIGNATURE_HASH)
         )
+        return cls(key, cert, cache_size=cache_size, clock=clock)
+
+    def to_wire(self) -> dict[str, str]:
+        """The CA as JSON-able data (PEM texts), for the gateway process: `from_wire` reads
+        it back. This holds the PRIVATE KEY: send it only over a private pipe or memfd,
+        never to a file, a log or the sandbox."""
+        key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return {"key_pem": key_pem.decode("ascii"), "cert_pem": self.cert_pem().decode("ascii")}
+
+    @classmethod
+    def from_wire(
+        cls,
+        data: object,
+        *,
+        cache_size: int = LEAF_CACHE_SIZE,
+        clock: Callable[[], datetime.datetime] | None = None,
+    ) -> SessionCA:
+        """The CA `to_wire` described; ValueError (never showing the key) for anything else."""
+        if not isinstance(data, dict) or set(data) != {"key_pem", "cert_pem"}:
+            raise ValueError("session CA wire: expected keys 'key_pem' and 'cert_pem'")
+        key_pem, cert_pem = data["key_pem"], data["cert_pem"]
+        if not isinstance(key_pem, str) or not isinstance(cert_pem, str):
+            raise ValueError("session CA wire: the PEM texts are not text")
+        try:
+            key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
+            cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        except (ValueError, TypeError, UnicodeError):
+            raise ValueError("session CA wire: the key or certificate does not load") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("session CA wire: the key is not an EC key")
+        if key.public_key() != cert.public_key():
+            raise ValueError("session CA wire: the key does not belong to the certificate")
         return cls(key, cert, cache_size=cache_size, clock=clock)
 
     def cert_pem(self) -> bytes:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -30,17 +29,24 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from corridor.errors import UserError
+from corridor.policy.compiled import Injection as Injection
+from corridor.policy.compiled import InjectKind as InjectKind
+from corridor.policy.compiled import Source as Source
+from corridor.policy.compiled import SourceKind as SourceKind
+from corridor.policy.compiled import format_ttl as format_ttl
+from corridor.policy.constants import CONTROL_CHARS as _CONTROL
+from corridor.policy.constants import VALUE_SLOT as VALUE_SLOT
 from corridor.policy.hosts import HostPattern, InvalidHost, parse_host_pattern
 
-# ---- the model: what a policy's `credentials:` list may say ------------------------------
+# Source, Injection, format_ttl, VALUE_SLOT and the control-character pattern live in
+# pydantic-free modules (the gateway process reads them without loading this one); they
+# are re-exported here, where the model uses them.
 
-SourceKind = Literal["env", "file", "command"]
-InjectKind = Literal["bearer", "basic", "header"]
+# ---- the model: what a policy's `credentials:` list may say ------------------------------
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # RFC 9110 5.6.2 token: the characters a header name may use.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TTL_PART = re.compile(r"(\d+)([dhms])")
 _TTL_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # Shell syntax that only means something to a shell (see the module docstring).
@@ -83,7 +89,6 @@ FORBIDDEN_HEADERS = frozenset(
         "expect",
     }
 )
-VALUE_SLOT = "{value}"
 
 
 def _error(
@@ -98,33 +103,6 @@ def _error(
     if loc:
         context["loc"] = loc
     return PydanticCustomError(kind, "{text}", context)
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a real value comes from. `ref`: the variable name, the path, or the command."""
-
-    kind: SourceKind
-    ref: str
-    argv: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """A safe description for events: never a command's arguments (they may hold keys)."""
-        if self.kind == "command":
-            return f"command:{self.argv[0]}"
-        return f"{self.kind}:{self.ref}"
-
-
-@dataclass(frozen=True, slots=True)
-class Injection:
-    """Where the real value goes: `header` is lower case; `template` holds `{value}` once."""
-
-    kind: InjectKind
-    header: str
-    template: str = VALUE_SLOT
-
-    def __str__(self) -> str:
-        return self.kind if self.kind != "header" else f"header:{self.header}"
 
 
 def parse_source(text: str) -> Source:
@@ -214,16 +192,6 @@ def parse_ttl(value: object) -> int:
     if seconds <= 0:
         raise _error("ttl", f"{value!r} is not a positive duration", hint)
     return seconds
-
-
-def format_ttl(seconds: int) -> str:
-    """30m, 1h30m, 45s: the inverse of parse_ttl, for messages."""
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
 
 
 def _as_list(value: object) -> object:

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
+from corridor.policy.constants import DEFAULT_ALLOW_PORTS, MAX_PORT, MIN_PORT
 from corridor.policy.hosts import InvalidHost, IPAddress, normalize_host, parse_ip_literal
-from corridor.policy.model import DEFAULT_ALLOW_PORTS, MAX_PORT, MIN_PORT, Policy, Rule
+
+if TYPE_CHECKING:
+    # Only for hints: the gateway decides on the compiled policy and never loads pydantic.
+    from corridor.policy.compiled import CompiledPolicy, CompiledRule
+    from corridor.policy.model import Policy, Rule
+
+    # `decide` reads the same attributes of either form (corridor.policy.compiled).
+    AnyPolicy: TypeAlias = Policy | CompiledPolicy
+    AnyRule: TypeAlias = Rule | CompiledRule
 
 # Reasons: stable strings, matched by tests, logs and reports.
 ALLOWED_BY_RULE = "allowed by rule"
@@ -70,7 +81,7 @@ class Target:
     path: str | None = None
 
 
-def decide(policy: Policy, target: Target) -> Decision:
+def decide(policy: AnyPolicy, target: Target) -> Decision:
     """Decide whether the sandbox may reach `target`. The first check that applies decides:
 
     1. Malformed input: a port outside 1-65535, a host that is not a valid name, no host
@@ -126,7 +137,7 @@ def decide(policy: Policy, target: Target) -> Decision:
     return _deny(policy, closest, None)
 
 
-def decide_dns(policy: Policy, name: str) -> Decision:
+def decide_dns(policy: AnyPolicy, name: str) -> Decision:
     """May `name` be resolved for the sandbox?
 
     Yes when some allow host rule matches it (on any port) and no deny host rule that
@@ -145,25 +156,25 @@ def decide_dns(policy: Policy, name: str) -> Decision:
     return _deny(policy, NO_RULE_FOR_HOST, None)
 
 
-def wants_inspection(rule: Rule) -> bool:
+def wants_inspection(rule: AnyRule) -> bool:
     """Whether an allow rule needs the requests seen: `inspect`, `methods` or `paths` set."""
     return rule.inspect or rule.methods is not None or rule.paths is not None
 
 
-def _deny(policy: Policy, reason: str, rule: str | None) -> Decision:
+def _deny(policy: AnyPolicy, reason: str, rule: str | None) -> Decision:
     """A policy denial: enforced, or in audit mode let through and marked would_deny."""
     if policy.mode == "audit":
         return Decision(True, reason, rule, would_deny=True)
     return Decision(False, reason, rule)
 
 
-def _rule_id(rule: Rule) -> str:
+def _rule_id(rule: AnyRule) -> str:
     # Rules built in code may have no origin; the pattern still tells a reader which one.
     return rule.origin or str(rule.host if rule.host is not None else rule.cidr)
 
 
 def _port_listed(
-    ports: list[int] | None, port: int, default: tuple[int, ...] | None = None
+    ports: Sequence[int] | None, port: int, default: tuple[int, ...] | None = None
 ) -> bool:
     """Whether `port` is in `ports`; a rule without ports uses `default` (None = every port)."""
     if ports is not None:
@@ -171,7 +182,7 @@ def _port_listed(
     return default is None or port in default
 
 
-def _reaches(rule: Rule, name: str | None, address: IPAddress | None) -> bool:
+def _reaches(rule: AnyRule, name: str | None, address: IPAddress | None) -> bool:
     """Whether a deny rule covers the name or the address of the target."""
     if rule.pattern is not None:
         return name is not None and rule.pattern.matches(name)
@@ -183,7 +194,7 @@ def _reaches(rule: Rule, name: str | None, address: IPAddress | None) -> bool:
     return address in rule.cidr or (mapped is not None and mapped in rule.cidr)
 
 
-def _allow_miss(rule: Rule, target: Target) -> str | None:
+def _allow_miss(rule: AnyRule, target: Target) -> str | None:
     """None if an allow rule (already matching host or address) admits the target, else why not.
 
     Method and path are checked only when both the rule and the target carry them: a
@@ -199,7 +210,7 @@ def _allow_miss(rule: Rule, target: Target) -> str | None:
     return None
 
 
-def _path_in(prefixes: list[str], path: str) -> bool:
+def _path_in(prefixes: Sequence[str], path: str) -> bool:
     path = path.split("?", 1)[0].split("#", 1)[0]  # prefixes cover the path, not the query
     if _AMBIGUOUS_PATH.search(path):
         return False

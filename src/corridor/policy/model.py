@@ -29,6 +29,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+# The port constants live in a pydantic-free module (the gateway reads them); re-exported.
+from corridor.policy.constants import DEFAULT_ALLOW_PORTS as DEFAULT_ALLOW_PORTS
+from corridor.policy.constants import MAX_PORT as MAX_PORT
+from corridor.policy.constants import MIN_PORT as MIN_PORT
 from corridor.policy.credentials import CredentialSpec
 from corridor.policy.hosts import HostPattern, InvalidHost, parse_host_pattern, parse_ip_literal
 
@@ -36,9 +40,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["enforce", "audit"]
 
 POLICY_VERSION = 1  # the only version this code reads; bump with a migration note
-MIN_PORT, MAX_PORT = 1, 65535  # port 0 is "any port" to the kernel, never a destination
-# An allow rule without `ports` is for the web: HTTPS first, HTTP for redirects/plain mirrors.
-DEFAULT_ALLOW_PORTS: tuple[int, ...] = (443, 80)
 # Address ranges wider than these span many unrelated networks (more than one IPv4 /8
 # allocation, more than a typical IPv6 provider allocation), like a wildcard on a TLD.
 BROAD_IPV4_PREFIX = 8
