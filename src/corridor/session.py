@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import resource
 import select
 import shutil
 import signal
@@ -113,23 +112,24 @@ def check_state_dir(state_dir: Path, workspace: Path) -> Path:
     return resolved
 
 
-def raise_open_file_limit() -> None:
-    """Every tunnel holds two sockets: the common soft limit (1024) would refuse new
-    connections near 500 tunnels, so take the hard limit the system grants."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        # On failure the soft limit stays; the gateway then refuses with a reason.
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+def run(opts: RunOptions, gateway: GatewayProcess | None = None) -> RunResult:
+    """Run the command contained; `gateway` is the gateway process if the caller started
+    it already (first thing, so that its imports overlap the caller's)."""
+    gateway = gateway if gateway is not None else GatewayProcess.spawn()
+    try:
+        return _run(opts, gateway)
+    except BaseException:
+        if gateway.pidfd >= 0:  # not handed to `contain` yet, which ends it in any case
+            gateway.stop()
+            gateway.close()
+        raise
 
 
-def run(opts: RunOptions) -> RunResult:
+def _run(opts: RunOptions, gateway: GatewayProcess) -> RunResult:
     home = Path(os.environ.get("HOME") or os.path.expanduser("~"))
     workspace = check_workspace(opts.workspace, home)
     state_dir = check_state_dir(opts.state_dir, workspace)
     tools = find_tools()
-    raise_open_file_limit()
     rootless = os.getuid() != 0
     if rootless:
         check_user_namespaces()
@@ -223,8 +223,7 @@ def run(opts: RunOptions) -> RunResult:
             views_dir=views_parent / "views" if views_parent else None,
             views=tuple((view.path, str(i)) for i, view in enumerate(views)),
         )
-        # Started first: the gateway gets ready while the sandbox starts.
-        gateway = GatewayProcess.spawn(config)
+        gateway.configure(config)  # it builds its tables while the sandbox starts
         try:
             sandbox = start_sandbox(tools, spec, opts.command, senv.env, ports)
         except BaseException:

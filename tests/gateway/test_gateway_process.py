@@ -124,6 +124,17 @@ def test_stopped_before_the_sandbox_started(tmp_path: Path) -> None:
     assert end.error is not None and end.error.startswith("the sandbox did not start")
 
 
+def test_stopped_before_it_was_configured(tmp_path: Path) -> None:
+    """`corridor run` starts the gateway first; a user error found after that ends it."""
+    gateway = GatewayProcess.spawn()
+    try:
+        end = gateway.stop(timeout=10)
+    finally:
+        gateway.close()
+    assert end.stats is None
+    assert end.error is not None and end.error.startswith("the sandbox did not start")
+
+
 def test_killed_gateway_is_reported_in_words(tmp_path: Path) -> None:
     gateway = _spawn(tmp_path)
     try:

@@ -2,20 +2,24 @@
 
 `corridor run` starts it (`gateway/process.py`) as
 
-    python -I -S -c BOOT --parent PID --config FD --hand FD --stop FD --report FD
+    python -I -S -c BOOT --parent PID --hand FD --stop FD --report FD
 
-where BOOT puts corridor's own import path first and calls `main`. A fresh interpreter
+where BOOT puts corridor's own import path first and calls `main`. It is started first
+thing in `corridor run`, so that its imports overlap corridor's own work (loading the
+policy, starting the sandbox). A fresh interpreter
 rather than a fork of `corridor run`: the gateway holds only what it needs to serve (no
 pydantic, click, rich or YAML; cryptography only to inspect TLS), which is most of its
 memory, and it shares nothing with the parent by accident (no inherited locks, threads or
 buffers). `-I` keeps the working directory (the workspace, writable by the agent) and the
 PYTHON* variables off its import path.
 
-Everything it needs arrives as data, in one JSON document read from the `--config` file
-descriptor (a memfd: the document carries the brokered credentials' real values, so it is
-never on a file system): the session, the event store, the compiled policy, the
+Everything it needs arrives as data, in one JSON document: a memfd sent on `--hand`
+(SCM_RIGHTS; the document carries the brokered credentials' real values, so it is never
+on a file system): the session, the event store, the compiled policy, the
 `--unsafe-allow-private` ranges, the session CA and the upstream CAs, and the broker. The
-sandbox's listening sockets arrive later on `--hand` (SCM_RIGHTS), once the sandbox runs.
+sandbox's listening sockets arrive after it on `--hand`, once the sandbox runs. The
+parent closing `--hand` first means that nothing is to be served (a user error, a
+sandbox that did not start): the child ends.
 `--stop` reaching end of file asks it to finish; `--report` carries JSON lines back
 (`{"ready": true}`, then `{"stats": {...}}` or `{"error": "..."}`).
 """
@@ -50,7 +54,7 @@ _PR_SET_NAME = 15
 # closes its stop pipe (or dies: PR_SET_PDEATHSIG).
 GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
 _MAX_LISTENERS = 16  # the sandbox hands over a handful (sandbox/launch.py)
-_FLAGS = ("--parent", "--config", "--hand", "--stop", "--report")
+_FLAGS = ("--parent", "--hand", "--stop", "--report")
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a child process
@@ -62,27 +66,49 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a child p
     code = 1
     try:
         _name_and_tie_to(fds["--parent"])
-        config = read_config(fds["--config"])
+        raise_open_file_limit()
+        # Loaded while the parent still loads the policy: everything that serves.
+        import asyncio
+
+        import corridor.audit.store
+        import corridor.gateway.server
+        import corridor.policy.compiled  # noqa: F401
+
+        hand = socket.socket(fileno=fds["--hand"])
+        config = receive_config(hand)
         emit, close_log = _open_log(config)
         try:
             gateway = build_gateway(config, emit)
             # What exists now (modules, policy tables, contexts) lives as long as the
             # process: out of the collector's sight, each collection has less to walk.
             gc.freeze()
-            listeners = receive_listeners(socket.socket(fileno=fds["--hand"]))
-            import asyncio
-
+            listeners = receive_listeners(hand)
             asyncio.run(_serve(gateway, listeners, fds["--stop"], report_w))
         finally:
             close_log()
         _report(report_w, {"stats": asdict(gateway.stats)})
         code = 0
+    except _NothingToServe:
+        _report(report_w, {"error": "the sandbox did not start"})
     except UserError as exc:
         _report(report_w, {"error": exc.message})
     except BaseException as exc:  # the parent prints it; a traceback here would be lost
         _report(report_w, {"error": f"{type(exc).__name__}: {exc}"})
     finally:
         os._exit(code)
+
+
+def raise_open_file_limit() -> None:
+    """Every tunnel holds two sockets: the common soft limit (1024) would refuse new
+    connections near 500 tunnels, so take the hard limit the system grants."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        # On failure the soft limit stays; the gateway then refuses with a reason.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _parse_argv(argv: list[str]) -> dict[str, int]:
@@ -99,10 +125,15 @@ def _parse_argv(argv: list[str]) -> dict[str, int]:
     return values
 
 
-def read_config(fd: int) -> dict[str, Any]:
-    """The parent's document: read whole from the start of `fd`, which is then closed."""
+def receive_config(hand: socket.socket) -> dict[str, Any]:
+    """The parent's document: a memfd on `hand`, read whole from its start."""
+    message, fds, _flags, _addr = socket.recv_fds(hand, 64, 1)
+    if not message or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise _NothingToServe
     chunks = []
-    with open(fd, "rb", closefd=True) as f:
+    with open(fds[0], "rb", closefd=True) as f:
         f.seek(0)
         while chunk := f.read(1 << 20):
             chunks.append(chunk)
@@ -110,6 +141,10 @@ def read_config(fd: int) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
         raise UserError("the gateway was started with a configuration it cannot read")
     return config
+
+
+class _NothingToServe(Exception):
+    """The parent closed the hand-over pair before sending the document."""
 
 
 def _open_log(config: dict[str, Any]) -> tuple[Callable[[Event], None], Callable[[], None]]:
@@ -163,7 +198,7 @@ def receive_listeners(hand: socket.socket) -> dict[str, socket.socket]:
     message, fds, _flags, _addr = socket.recv_fds(hand, 65536, _MAX_LISTENERS)
     hand.close()
     if not message:
-        raise UserError("the sandbox did not start")
+        raise _NothingToServe
     names = json.loads(message)
     if not isinstance(names, list) or len(names) != len(fds):
         for fd in fds:

@@ -79,6 +79,7 @@ class GatewayProcess:
         self._stop_w = stop_w
         self._report_r = report_r
         self._hand: socket.socket | None = hand
+        self._configured = False
         self._buffer = b""
         self._status: int | None = None
         self._ready = False
@@ -86,19 +87,14 @@ class GatewayProcess:
         self._error: str | None = None
 
     @classmethod
-    def spawn(cls, config: dict[str, Any]) -> GatewayProcess:
-        """Start the gateway, which gets ready (imports, policy tables, TLS contexts, its
-        event writer) while the caller starts the sandbox, then waits for `hand_over`."""
+    def spawn(cls, config: dict[str, Any] | None = None) -> GatewayProcess:
+        """Start the gateway process, which imports its modules while the caller goes on
+        (loading the policy, starting the sandbox), then waits for `configure` (now, if
+        `config` is given) and for `hand_over`."""
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         hand, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config_fd = _memfd("corridor-gw-config", json.dumps(config).encode())
-        ends = {
-            "--config": config_fd,
-            "--hand": hand_child.fileno(),
-            "--stop": stop_r,
-            "--report": report_w,
-        }
+        ends = {"--hand": hand_child.fileno(), "--stop": stop_r, "--report": report_w}
         argv = [sys.executable, "-I", "-S", "-c", _BOOT.format(path=_import_path())]
         argv += ["--parent", str(os.getpid())]
         for flag, fd in ends.items():
@@ -120,15 +116,31 @@ class GatewayProcess:
                 hint="nothing was run: the command reaches the network only through the gateway",
             ) from None
         finally:
-            for fd in (config_fd, stop_r, report_w):
-                os.close(fd)
+            os.close(stop_r)
+            os.close(report_w)
             hand_child.close()
-        return cls(proc, stop_w, report_r, hand)
+        gateway = cls(proc, stop_w, report_r, hand)
+        if config is not None:
+            gateway.configure(config)
+        return gateway
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Send the gateway its document (`gateway_config`), in a memfd (SCM_RIGHTS): it
+        carries the brokered credentials' real values, so it is never on a file system."""
+        assert self._hand is not None and not self._configured, "configure() after hand_over"
+        fd = _memfd("corridor-gw-config", json.dumps(config).encode())
+        try:
+            with contextlib.suppress(OSError):  # a gateway that died is seen by wait_ready
+                socket.send_fds(self._hand, [b"config"], [fd])
+        finally:
+            os.close(fd)
+        self._configured = True
 
     def hand_over(self, listeners: dict[str, socket.socket]) -> None:
         """Send the sandbox's listening sockets to the gateway (SCM_RIGHTS). The caller
         then closes its own copies, so that the gateway is their only holder."""
         assert self._hand is not None, "hand_over() twice"
+        assert self._configured, "hand_over() before configure()"
         names = list(listeners)
         with contextlib.suppress(OSError):  # a gateway that died is seen by wait_ready
             socket.send_fds(
@@ -152,7 +164,7 @@ class GatewayProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> GatewayEnd:
         """Ask the gateway to finish (close the stop pipe; or, before `hand_over`, the
-        pair it waits on for the sockets) and wait for its end."""
+        pair it waits on for its document or the sockets) and wait for its end."""
         if self._hand is not None:
             self._hand.close()
             self._hand = None

@@ -29,21 +29,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from corridor.policy.constants import BROAD_IPV4_PREFIX as BROAD_IPV4_PREFIX
+from corridor.policy.constants import BROAD_IPV6_PREFIX as BROAD_IPV6_PREFIX
+
 # The port constants live in a pydantic-free module (the gateway reads them); re-exported.
 from corridor.policy.constants import DEFAULT_ALLOW_PORTS as DEFAULT_ALLOW_PORTS
 from corridor.policy.constants import MAX_PORT as MAX_PORT
 from corridor.policy.constants import MIN_PORT as MIN_PORT
+from corridor.policy.constants import POLICY_VERSION as POLICY_VERSION
 from corridor.policy.credentials import CredentialSpec
 from corridor.policy.hosts import HostPattern, InvalidHost, parse_host_pattern, parse_ip_literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["enforce", "audit"]
-
-POLICY_VERSION = 1  # the only version this code reads; bump with a migration note
-# Address ranges wider than these span many unrelated networks (more than one IPv4 /8
-# allocation, more than a typical IPv6 provider allocation), like a wildcard on a TLD.
-BROAD_IPV4_PREFIX = 8
-BROAD_IPV6_PREFIX = 32
 
 # HTTP method tokens (RFC 9110 9.1) as they are written: upper case letters, maybe '-'/'_'.
 _METHOD = re.compile(r"[A-Z]+(?:[-_][A-Z]+)*")
