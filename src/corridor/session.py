@@ -36,8 +36,9 @@ from corridor.errors import UserError
 from corridor.gateway.addresses import UnsafeRange
 from corridor.gateway.credentials import Broker
 from corridor.gateway.process import GatewayFailed, GatewayProcess, gateway_config
-from corridor.policy import Policy, policy_hash, policy_to_dict
+from corridor.policy.compiled import CompiledPolicy
 from corridor.policy.decide import wants_inspection
+from corridor.policy.flags import describe
 from corridor.sandbox.bwrap import TRUST_MOUNT, SandboxSpec
 from corridor.sandbox.env import build_env
 from corridor.sandbox.home import is_secret
@@ -47,6 +48,7 @@ from corridor.sandbox.views import View, build_views
 
 if TYPE_CHECKING:  # imported where used: the gateway's modules load in its own process
     from corridor.gateway.tlsca import SessionCA
+    from corridor.policy.model import Policy
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 EVENTS_DB = "events.db"
@@ -57,7 +59,7 @@ EXIT_GATEWAY_FAILED = 125
 @dataclass
 class RunOptions:
     command: list[str]
-    policy: Policy
+    policy: Policy | CompiledPolicy  # compiled: a run with --allow flags and no file
     workspace: Path
     state_dir: Path
     quiet: bool = False
@@ -161,6 +163,7 @@ def _run(opts: RunOptions, gateway: GatewayProcess) -> RunResult:
     signer = load_or_create_signer(opts.state_dir)
     # Read before the start is recorded, which names what they leave out.
     views = build_views(shutil.which("git"), str(home.resolve()), dict(os.environ))
+    record, digest = describe(opts.policy)
     started = time.time()
     # This writer records the start; it does not seal: the session goes on.
     with EventWriter(db, signer, keep_open={session}) as writer:
@@ -177,8 +180,8 @@ def _run(opts: RunOptions, gateway: GatewayProcess) -> RunResult:
                     "user": _user_name(),
                     "uid": os.getuid(),
                     "rootless": rootless,
-                    "policy": policy_to_dict(opts.policy),
-                    "policy_hash": policy_hash(opts.policy),
+                    "policy": record,
+                    "policy_hash": digest,
                     "unsafe_allow_private": [str(r.network) for r in opts.unsafe_allow_private],
                     "env_passed": sorted(senv.env),
                     "env_dropped": list(senv.dropped),
@@ -410,7 +413,7 @@ def check_no_secret(broker: Broker, env: dict[str, str], command: list[str]) -> 
         )
 
 
-def inspects(policy: Policy) -> bool:
+def inspects(policy: Policy | CompiledPolicy) -> bool:
     """Whether anything is inspected (a rule asks, or a credential is bound to some host):
     the session then needs a CA."""
     return bool(policy.credentials) or any(wants_inspection(rule) for rule in policy.allow)

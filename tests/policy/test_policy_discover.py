@@ -654,13 +654,13 @@ def test_npm_default_is_what_npm_reports(machine: Machine) -> None:
 
 
 def test_npm_runs_outside_the_project(machine: Machine) -> None:
-    """A repository cannot steer the tools discovery runs: they start in an empty dir."""
+    """A repository cannot steer the tools discovery runs, nor can anyone who writes the
+    temporary directory (/tmp/.npmrc, /tmp/package.json): they start in /."""
     seen = machine.home / "cwd.txt"
     machine.fake("npm", f'pwd > "{seen}"\necho "{{}}"\n')
     machine.write("package.json", "{}\n", machine.project)
     discover("node", machine.ctx())
-    where = Path(seen.read_text().strip())
-    assert where != machine.project and not where.exists()  # a removed temporary directory
+    assert Path(seen.read_text().strip()) == Path("/")
 
 
 def test_failing_and_hanging_tools_give_notes(machine: Machine, monkeypatch) -> None:

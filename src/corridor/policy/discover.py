@@ -11,6 +11,10 @@ reads files, the environment and PATH; `_ask` is the one place that runs a tool.
 Discovery never fails a run: a tool that is missing, slow or broken contributes nothing,
 and a note says so.
 
+`ask_kept` keeps the answers of pip's probe and npm between runs, in corridor's state
+directory, while nothing they depend on changed (policy/tool_cache.py); the files they
+name are still read on every run.
+
 Tools are run outside the sandbox, so they are run where no project can steer them: in an
 empty temporary directory (a repository's own .npmrc, .yarnrc.yml or package.json
 `packageManager` cannot make them execute or download anything), `python -I`, corepack
@@ -22,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,12 +59,23 @@ from corridor.policy.registry_config import (
     yarnrc_classic_registries,
     yarnrc_yml_registries,
 )
+from corridor.policy.tool_cache import (
+    ANSWER_CACHE_FILE,
+    AnswerCache,
+    Dep,
+    env_deps,
+    file_deps,
+    program_deps,
+    question_key,
+)
 
 # A tool answers in 0.1-0.3 s; one that takes longer is hung or prompting, and a policy
 # must not wait on it: it is treated as absent (and a note says so).
 DISCOVERY_TIMEOUT_S = 2.0
 # Configuration files are small; a bigger one is not configuration and is not parsed.
 MAX_CONFIG_BYTES = 256 * 1024
+# Where tools are asked: only root may write there, and it has no parent to search.
+NEUTRAL_DIR = "/"
 # How far up from the working directory project configuration is looked for.
 MAX_PROJECT_DEPTH = 64
 
@@ -105,19 +120,27 @@ class HostContext:
 
     env_items: tuple[tuple[str, str], ...]
     cwd: str
+    # corridor's state directory, where tool answers are kept between runs (None: asked
+    # every time). Not part of equality: a kept answer gives the same discovery.
+    state_dir: str | None = field(default=None, compare=False)
     _env: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_env", dict(self.env_items))
 
     @classmethod
-    def current(cls) -> HostContext:
-        """This process's environment and working directory."""
-        return cls.of(os.environ, Path.cwd())
+    def current(cls, state_dir: Path | str | None = None) -> HostContext:
+        """This process's environment and working directory; tool answers are kept under
+        `state_dir` when given."""
+        return cls.of(os.environ, Path.cwd(), state_dir)
 
     @classmethod
-    def of(cls, env: Mapping[str, str], cwd: Path | str) -> HostContext:
-        return cls(tuple(sorted(env.items())), str(cwd))
+    def of(
+        cls, env: Mapping[str, str], cwd: Path | str, state_dir: Path | str | None = None
+    ) -> HostContext:
+        return cls(
+            tuple(sorted(env.items())), str(cwd), None if state_dir is None else str(state_dir)
+        )
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -157,33 +180,99 @@ class HostContext:
                     yield candidate
 
     def ask(self, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> Answer:
-        """Run a tool in an empty directory (no project can steer it), with a timeout."""
+        """Run a tool in the root directory, with a timeout: no project can steer it.
+
+        Not a new directory under the temporary directory: tools look for project files
+        (npm's package.json and .npmrc, pyenv's .python-version) from their working
+        directory upwards, and anyone on the machine may write /tmp/.npmrc.
+        """
         env = {**self._env, **(extra_env or {})}
-        with tempfile.TemporaryDirectory(prefix="corridor-discover-") as neutral:
-            try:
-                proc = subprocess.Popen(
-                    list(argv),
-                    cwd=neutral,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    start_new_session=True,  # so a hung tool and its children end together
-                )
-            except OSError as e:
-                return Answer(problem=f"could not be run ({e.strerror or e})")
-            try:
-                stdout, stderr = proc.communicate(timeout=DISCOVERY_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return Answer(problem=f"did not answer within {DISCOVERY_TIMEOUT_S:g} s")
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=NEUTRAL_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # so a hung tool and its children end together
+            )
+        except OSError as e:
+            return Answer(problem=f"could not be run ({e.strerror or e})")
+        try:
+            stdout, stderr = proc.communicate(timeout=DISCOVERY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return Answer(problem=f"did not answer within {DISCOVERY_TIMEOUT_S:g} s")
         if proc.returncode != 0:
             last = (stderr.strip().splitlines() or ["no message"])[-1]
             return Answer(problem=f"failed (exit {proc.returncode}: {last[:200]})")
         return Answer(stdout)
+
+    def ask_kept(self, argv: Sequence[str], extra_env: Mapping[str, str], tool: KeptTool) -> Answer:
+        """`ask`, or the answer kept from an earlier run while nothing it depends on changed.
+
+        Only the part of the answer discovery uses is kept (`tool.keep`), and it is what
+        is returned either way, so a kept answer gives exactly the same discovery.
+        """
+        cache = self._answer_cache()
+        if cache is None:
+            answer = self.ask(argv, extra_env)
+            return answer if answer.problem is not None else Answer(tool.keep(answer.stdout))
+        key = question_key(argv, extra_env, {k: v for k, v in self._env.items() if tool.steers(k)})
+        if (kept := cache.get(key, self._env)) is not None:
+            return Answer(kept)
+        before = program_deps(argv[0], self._env)  # taken before asking: a change meanwhile
+        answer = self.ask(argv, extra_env)  # makes the kept answer stale at once
+        if answer.problem is not None:
+            return answer  # failures are not kept: the next run asks again
+        kept = tool.keep(answer.stdout)
+        try:
+            deps = tool.depends(self, argv[0], answer.stdout)
+        except (OSError, ValueError):  # an odd path in an answer: just not kept
+            deps = None
+        if deps is not None:
+            cache.put(key, kept, [*before, *deps])
+        return Answer(kept)
+
+    def _answer_cache(self) -> AnswerCache | None:
+        if self.state_dir is None:
+            return None
+        try:
+            state, project = Path(self.state_dir).resolve(), Path(self.cwd).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: no cache rather than a traceback
+            return None
+        # A state directory inside the project (or around it) could be written by the
+        # project, or by an agent working in it: what it says would widen the policy. Not
+        # used there (`corridor run` refuses such a state directory anyway).
+        if state.is_relative_to(project) or project.is_relative_to(state):
+            return None
+        return AnswerCache(state / ANSWER_CACHE_FILE)
+
+
+@dataclass(frozen=True)
+class KeptTool:
+    """How a tool's answers are kept: which environment variables steer it (part of the
+    key), what part of the answer is kept, and what else the answer depends on (None:
+    something that cannot be enumerated, so it is not kept)."""
+
+    steers: Callable[[str], bool]
+    keep: Callable[[str], str]
+    depends: Callable[[HostContext, str, str], list[Dep] | None]
+
+
+def _steered_by(names: Iterable[str], prefixes: Iterable[str]) -> Callable[[str], bool]:
+    """A `steers` predicate: exact names, or (case-insensitive) prefixes."""
+    exact, lowered = frozenset(names), tuple(p.lower() for p in prefixes)
+    return lambda var: var in exact or var.lower().startswith(lowered)
+
+
+# Variables every tool here may read to find its files: where home, config and temporary
+# directories are, and which programs PATH finds.
+_COMMON_STEERING = ("HOME", "PATH", "TMPDIR", "USER", "LOGNAME")
 
 
 class _Collector:
@@ -201,9 +290,13 @@ class _Collector:
 # --------------------------------------------------------------------------- python
 
 # Run by the python in use (isolated: no PYTHON* variables, no current directory on the
-# path): pip's own default index and file host, and the config files pip reads.
+# path): pip's own default index and file host, and the config files pip reads. Also what
+# that answer depends on, so it can be kept between runs: the interpreter, the pyvenv.cfg
+# that would make it a virtualenv, every directory on sys.path (a package installed or
+# removed there changes its mtime), every pip module loaded, and the variables a pyenv
+# shim exports (it chose the interpreter).
 _PIP_PROBE = """\
-import json, sys
+import json, os, sys
 out = {"executable": sys.executable, "prefix": sys.prefix}
 try:
     import pip
@@ -215,8 +308,19 @@ try:
     out["config_files"] = {str(k): list(v) for k, v in get_configuration_files().items()}
 except Exception as e:
     out["error"] = type(e).__name__ + ": " + str(e)
+here = os.path.dirname(sys.executable)
+deps = [os.path.realpath(sys.executable), os.path.join(here, "pyvenv.cfg")]
+deps += [os.path.join(os.path.dirname(here), "pyvenv.cfg")] + [p for p in sys.path if p]
+deps += sorted(
+    m.__file__ for n, m in list(sys.modules.items())
+    if n.split(".")[0] == "pip" and isinstance(getattr(m, "__file__", None), str)
+)
+out["depends_on"] = deps
+out["launcher"] = {k: v for k, v in os.environ.items() if k.startswith("PYENV_")}
 print(json.dumps(out))
 """
+# The probe's own bookkeeping, not part of the answer discovery uses.
+_PIP_PROBE_DEPS = ("depends_on", "launcher")
 
 
 def _python(ctx: HostContext) -> Discovery:
@@ -226,7 +330,7 @@ def _python(ctx: HostContext) -> Discovery:
     if python is None:
         out.notes.append("pip: no python3 on PATH: nothing discovered from pip")
     else:
-        answer = ctx.ask([python, "-I", "-c", _PIP_PROBE])
+        answer = ctx.ask_kept([python, "-I", "-c", _PIP_PROBE], {}, _PIP_TOOL)
         probe = _json_object(answer.stdout) if answer.problem is None else {}
         if answer.problem is not None or not probe:
             out.notes.append(
@@ -239,6 +343,84 @@ def _python(ctx: HostContext) -> Discovery:
         _pip(ctx, probe, out)
     _uv(ctx, probe, out)
     return out.done()
+
+
+def _keep_pip_answer(stdout: str) -> str:
+    probe = _json_object(stdout)
+    if not probe:
+        return stdout
+    return json.dumps({k: v for k, v in probe.items() if k not in _PIP_PROBE_DEPS})
+
+
+def _pip_depends(ctx: HostContext, python: str, stdout: str) -> list[Dep] | None:
+    """What the probe's answer depends on besides its key, or None when it cannot be said."""
+    probe = _json_object(stdout)
+    paths, executable = probe.get("depends_on"), probe.get("executable")
+    if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        return None
+    if not isinstance(executable, str):
+        return None
+    deps = file_deps(paths)
+    if os.path.realpath(python) != os.path.realpath(executable):
+        # `python` is a launcher that chose another interpreter: kept only when it is one
+        # whose choice can be enumerated.
+        launcher = _pyenv_deps(python, probe.get("launcher"))
+        if launcher is None:
+            return None
+        deps += launcher
+    return deps
+
+
+# A pyenv installation with more files than this in its scripts and hooks is not walked:
+# its answers are not kept.
+MAX_PYENV_FILES = 2000
+
+
+def _pyenv_deps(shim: str, launcher: object) -> list[Dep] | None:
+    """What a pyenv shim's choice of interpreter depends on (besides PYENV_VERSION, which
+    is in the key): its version files, the installed versions, its scripts and hooks."""
+    if not isinstance(launcher, dict):
+        return None
+    root, hooks, where = (launcher.get(k) for k in ("PYENV_ROOT", "PYENV_HOOK_PATH", "PYENV_DIR"))
+    if not (isinstance(root, str) and isinstance(where, str) and isinstance(hooks, str)):
+        return None
+    shims = os.path.realpath(os.path.join(root, "shims"))
+    if os.path.dirname(os.path.realpath(shim)) != shims:
+        return None
+    # pyenv looks for .python-version from its working directory (the probe runs in
+    # NEUTRAL_DIR) up to /, then for the global version file.
+    version_files = [str(d / ".python-version") for d in [Path(where), *Path(where).parents]]
+    version_files += [os.path.join(root, name) for name in ("version", "global", "default")]
+    walked = _walk([os.path.realpath(os.path.join(root, "libexec")), *hooks.split(":")])
+    if walked is None:
+        return None
+    dirs = [os.path.join(root, "versions"), os.path.join(root, "plugins")]
+    return file_deps([*version_files, *dirs, *walked])
+
+
+def _walk(tops: Iterable[str]) -> list[str] | None:
+    """Every directory and file under `tops` (missing ones as themselves), or None when
+    there are more than MAX_PYENV_FILES."""
+    out: list[str] = []
+    for top in tops:
+        if not top:
+            continue
+        out.append(top)
+        for directory, dirs, files in os.walk(top):
+            out += [os.path.join(directory, name) for name in (*dirs, *files)]
+            if len(out) > MAX_PYENV_FILES:
+                return None
+    return out
+
+
+_PIP_TOOL = KeptTool(
+    steers=_steered_by(
+        [*_COMMON_STEERING, "VIRTUAL_ENV"],
+        ["PIP_", "PYTHON", "PYENV", "_PYENV", "VIRTUAL_ENV", "CONDA", "XDG_"],
+    ),
+    keep=_keep_pip_answer,
+    depends=_pip_depends,
+)
 
 
 def _pip(ctx: HostContext, probe: Mapping[str, Any], out: _Collector) -> None:
@@ -378,11 +560,61 @@ def _ask_all(ctx: HostContext, tools: list[tuple[str, str]]) -> dict[str, Answer
     quiet = {"COREPACK_ENABLE_NETWORK": "0", "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0"}
     if not tools:
         return {}
+
+    def ask(name: str, path: str) -> Answer:
+        argv = [path, *questions[name]]
+        if name == "npm":
+            return ctx.ask_kept(argv, quiet, _NPM_TOOL)
+        # pnpm and yarn answers are not kept: their configuration (workspace files,
+        # .yarnrc.yml plugins, corepack's choice of version) is not enumerated here.
+        return ctx.ask(argv, quiet)
+
     with ThreadPoolExecutor(max_workers=len(tools)) as pool:
-        futures = {
-            name: pool.submit(ctx.ask, [path, *questions[name]], quiet) for name, path in tools
-        }
+        futures = {name: pool.submit(ask, name, path) for name, path in tools}
         return {name: future.result() for name, future in futures.items()}
+
+
+# npm answers with its whole configuration; discovery uses the registries and where the
+# user and global files are.
+_NPM_KEPT_KEYS = ("userconfig", "globalconfig")
+# `${NAME}` in an .npmrc is replaced by that environment variable.
+_NPMRC_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+
+
+def _keep_npm_answer(stdout: str) -> str:
+    values = _json_object(stdout)
+    kept = {k: v for k, v in values.items() if k in _NPM_KEPT_KEYS}
+    return json.dumps({**kept, **npm_registries(values)})  # npm's order: sources keep it
+
+
+def _npm_depends(ctx: HostContext, npm: str, stdout: str) -> list[Dep] | None:
+    """The config files npm read to answer (builtin, global, user, and a project file if
+    the empty directory it ran in lies inside a project), and the variables they name."""
+    values = _json_object(stdout)
+    files = [values.get(k) for k in _NPM_KEPT_KEYS]
+    if not all(isinstance(f, str) for f in files):
+        return None
+    package = Path(os.path.realpath(npm)).parent.parent  # npm/bin/npm-cli.js -> npm/
+    paths = [*files, str(package / "npmrc"), str(package / "package.json"), str(package)]
+    # npm's project is the nearest directory with package.json or node_modules, looked
+    # for from the directory it ran in (NEUTRAL_DIR) upward.
+    for directory in [Path(NEUTRAL_DIR), *Path(NEUTRAL_DIR).parents]:
+        paths += [str(directory / n) for n in ("package.json", "node_modules", ".npmrc")]
+    names: list[str] = []
+    for path in paths:
+        text, _ = ctx.read(path) if not os.path.isdir(path) else (None, None)
+        names += _NPMRC_REFERENCE.findall(text or "")
+    return file_deps(paths) + env_deps(names, ctx.env)
+
+
+_NPM_TOOL = KeptTool(
+    steers=_steered_by(
+        [*_COMMON_STEERING, "PREFIX", "DESTDIR"],
+        ["npm_", "NODE_", "COREPACK_", "NVM_", "VOLTA_", "FNM_", "N_PREFIX", "XDG_"],
+    ),
+    keep=_keep_npm_answer,
+    depends=_npm_depends,
+)
 
 
 def _npm_project_dir(cwd: Path) -> Path:

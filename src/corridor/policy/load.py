@@ -9,11 +9,7 @@ starts with `FILE:LINE:COLUMN: FIELD.PATH:` and which carries a hint.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import ipaddress
-import json
 import os
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +18,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from corridor.errors import UserError
-from corridor.policy.hosts import InvalidHost, parse_host_pattern, parse_ip_literal
+from corridor.policy.flags import (
+    PolicyError,
+    canonical_record,
+    parse_allow_flag,
+    record_hash,
+)
 from corridor.policy.model import (
-    MAX_PORT,
-    MIN_PORT,
     POLICY_VERSION,
     Limits,
     Policy,
@@ -51,18 +49,6 @@ _FILE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 Loc = tuple[str | int, ...]
-
-
-class PolicyError(UserError):
-    """A policy file or `--allow` value that cannot be used.
-
-    `problems` lists every problem found (the message shows the first one), each as a
-    full line "FILE:LINE:COL: FIELD: WHAT".
-    """
-
-    def __init__(self, message: str, hint: str | None = None, problems: Sequence[str] = ()):
-        super().__init__(message, hint)
-        self.problems: tuple[str, ...] = tuple(problems) or (message,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,14 +333,18 @@ def load_policy(path: Path, notes: list[str] | None = None) -> Policy:
     return _load(path, str(path), (), [] if notes is None else notes)
 
 
-def resolve_policy(value: str, notes: list[str] | None = None) -> Policy:
+def resolve_policy(
+    value: str, notes: list[str] | None = None, state_dir: Path | None = None
+) -> Policy:
     """The policy `--policy NAME|FILE` names: a built-in template, or a policy file.
 
     A template name wins over a file of the same name in the current directory (a
     repository cannot replace a template the user asked for); ./NAME reads the file.
+    With `state_dir`, the answers of the tools a template's discovery asks are kept there
+    between runs (see corridor.policy.tool_cache).
     """
     if is_template(value):
-        resolved = resolve_template(value)
+        resolved = resolve_template(value, state_dir=state_dir)
         if notes is not None:
             notes += resolved.notes
         return resolved.policy.model_copy(update={"extends": [value]})
@@ -470,108 +460,13 @@ def merge_policies(layers: Sequence[Policy]) -> Policy:
 
 # ---------------------------------------------------------------------- --allow flags
 
-_FLAG_HINT = (
-    "use HOST, HOST:PORT, *.DOMAIN, **.DOMAIN, ADDRESS, [IPv6]:PORT, "
-    "ADDRESS/LEN or ADDRESS/LEN:PORT"
-)
-
-_PORT_HINT = "a port is a whole number from 1 to 65535, e.g. api.example.com:443"
-
-
-class _FlagProblem(Exception):
-    def __init__(self, reason: str, hint: str = _FLAG_HINT):
-        super().__init__(reason)
-        self.reason = reason
-        self.hint = hint
-
 
 def rule_from_allow_flag(value: str) -> Rule:
-    """Turn one `--allow` value into an allow rule whose origin is "--allow VALUE".
-
-    Accepted: "api.example.com", "*.example.com", "api.example.com:8443",
-    "10.0.0.1", "[2001:db8::1]:443", "10.0.0.0/8", "10.0.0.0/8:5432".
-    Without a port the rule allows the default ports (443, 80).
-    """
-    try:
-        rule = _flag_rule(value)
-        reason = rule.broad_reason()
-    except _FlagProblem as e:
-        raise PolicyError(f"--allow {_quote(value)}: {e.reason}", e.hint) from None
-    if reason is not None:
-        raise PolicyError(
-            f"--allow {_quote(value)}: {reason}, which is broad",
-            "narrow it; a broad rule can only be written in a policy file, with 'broad: true'",
-        )
-    return rule
-
-
-def _quote(value: str) -> str:
-    """The value as the user would type it, always in quotes so its edges show."""
-    return f"'{value}'" if "'" not in value else shlex.quote(value)
-
-
-def _flag_rule(value: str) -> Rule:
-    if value == "":
-        raise _FlagProblem("empty value")
-    if "://" in value:
-        raise _FlagProblem("a URL is not a host", "give the host name only, e.g. api.example.com")
-    origin = f"--allow {value}"
-    target, port_text = _split_port(value)
-    ports = None if port_text is None else [_flag_port(port_text)]
-    address = parse_ip_literal(target)
-    if "/" in target or address is not None:
-        return Rule(cidr=_flag_cidr(target, address), ports=ports, origin=origin)
-    try:
-        pattern = parse_host_pattern(target)
-    except InvalidHost as e:
-        raise _FlagProblem(e.reason) from None
-    return Rule(host=str(pattern), ports=ports, origin=origin)
-
-
-def _split_port(value: str) -> tuple[str, str | None]:
-    """Split "TARGET[:PORT]"; an IPv6 address needs brackets to carry a port."""
-    if value.startswith("["):
-        close = value.find("]")
-        if close < 0:
-            raise _FlagProblem("'[' without ']'")
-        inner, rest = value[1:close], value[close + 1 :]
-        prefix, sep, port = rest.partition(":")
-        if prefix and not prefix.startswith("/"):
-            raise _FlagProblem(f"unexpected {rest!r} after ']'")
-        if parse_ip_literal(f"[{inner}]") is None:
-            raise _FlagProblem(f"{inner!r} is not an IPv6 address", "brackets hold IPv6 addresses")
-        return inner + prefix, port if sep else None
-    if "/" in value:
-        address, _, rest = value.partition("/")
-        length, sep, port = rest.partition(":")
-        return f"{address}/{length}", port if sep else None
-    if value.count(":") > 1:
-        return value, None  # a bare IPv6 address: no port without brackets
-    target, sep, port = value.partition(":")
-    return target, port if sep else None
-
-
-def _flag_port(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise _FlagProblem(f"{text!r} is not a port", _PORT_HINT)
-    port = int(text)
-    if not MIN_PORT <= port <= MAX_PORT:
-        raise _FlagProblem(f"{port} is not a port ({MIN_PORT}-{MAX_PORT})", _PORT_HINT)
-    return port
-
-
-def _flag_cidr(target: str, address: object) -> Any:
-    if address is not None:
-        return ipaddress.ip_network(address)
-    try:
-        return ipaddress.ip_network(target, strict=True)
-    except ValueError:
-        pass
-    try:
-        fixed = ipaddress.ip_network(target, strict=False)
-    except ValueError:
-        raise _FlagProblem(f"{target!r} is not an address range") from None
-    raise _FlagProblem(f"{target!r} has bits set after the prefix", f"did you mean {fixed}?")
+    """Turn one `--allow` value into an allow rule whose origin is "--allow VALUE"
+    (read by `corridor.policy.flags.parse_allow_flag`, which says what is accepted)."""
+    rule = parse_allow_flag(value)
+    ports = None if rule.ports is None else list(rule.ports)
+    return Rule(host=rule.host, cidr=rule.cidr, ports=ports, origin=rule.origin)
 
 
 def policy_from_flags(allow: list[str], base: Policy | None) -> Policy:
@@ -593,21 +488,11 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
 
 
 def canonical_policy(policy: Policy) -> dict[str, Any]:
-    """What `policy_hash` covers: the rules' meaning, not where they were written.
-
-    Origins, comments and the `extends` list are left out, so moving a rule to another
-    line or file, or rewording a comment, keeps the hash.
-    """
-    data = policy_to_dict(policy)
-    data.pop("extends", None)
-    for name in _RULE_LISTS:
-        for rule in data[name]:
-            rule.pop("origin", None)
-            rule.pop("comment", None)
-    return data
+    """What `policy_hash` covers: the rules' meaning, not where they were written
+    (`corridor.policy.flags.canonical_record`)."""
+    return canonical_record(policy_to_dict(policy))
 
 
 def policy_hash(policy: Policy) -> str:
     """SHA-256 (hex) of the canonical JSON form of the policy."""
-    text = json.dumps(canonical_policy(policy), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    return record_hash(policy_to_dict(policy))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -232,14 +233,18 @@ class Resolved:
     notes: tuple[str, ...]
 
 
-def resolve_template(name: str, ctx: HostContext | None = None) -> Resolved:
+def resolve_template(
+    name: str, ctx: HostContext | None = None, state_dir: Path | None = None
+) -> Resolved:
     """The policy of template `name`: its extends merged first, then its own rules.
 
-    Discovered rules are found now (or taken from this process's cache). Raises KeyError
-    for an unknown name.
+    Discovered rules are found now (or taken from this process's cache) in `ctx`, by
+    default this process's environment, where tools' answers are kept under `state_dir`
+    when given. Raises KeyError for an unknown name.
     """
     order = _expand(name)
     ecosystems = [t.discover for t in order if t.discover is not None]
+    ctx = ctx or HostContext.current(state_dir)
     found = discover_many(ecosystems, ctx) if ecosystems else {}
     allow: list[Rule] = []
     notes: list[str] = []
