@@ -57,8 +57,16 @@ def test_help_and_version():
 
 
 def test_state_dir_inside_the_workspace_is_refused(tmp_path):
-    r = corridor("run", "--workspace", str(tmp_path), "--state-dir", str(tmp_path / "st"),
-                 "--", "true", cwd=tmp_path)
+    r = corridor(
+        "run",
+        "--workspace",
+        str(tmp_path),
+        "--state-dir",
+        str(tmp_path / "st"),
+        "--",
+        "true",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert "inside the workspace" in r.stderr
     assert "Traceback" not in r.stderr

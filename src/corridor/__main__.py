@@ -1,3 +1,3 @@
-from corridor.cli import main
+from corridor.start import main
 
 main()

@@ -6,18 +6,54 @@ line on stderr and exit 2; nothing below prints tracebacks for them.
 
 from __future__ import annotations
 
+import atexit
+import importlib
+import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from corridor import __version__
 from corridor.errors import EXIT_USAGE, UserError
 
+if TYPE_CHECKING:
+    from corridor.gateway.process import GatewayProcess
+
+# A gateway process started before the command line was parsed (corridor.start), for `run`.
+_EARLY: dict[str, GatewayProcess] = {}
 STATE_DIR_HELP = "Where the event log lives (default: $XDG_STATE_HOME/corridor)."
+# Commands whose module is imported only when they run (or `--help` lists them): `run` and
+# `--version` do not pay for the audit and policy commands' imports.
+LAZY_COMMANDS = {
+    "policy": "corridor.cli_policy:policy",
+    "verify": "corridor.cli_audit:verify",
+    "report": "corridor.cli_audit:report",
+    "key": "corridor.cli_audit:key",
+    "suggest": "corridor.cli_audit:suggest",
+}
+# The interpreter's exit status when flushing stdout or stderr fails at exit (Py_Exit).
+EXIT_FLUSH_FAILED = 120
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group that imports a LAZY_COMMANDS command when it is first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module, _, name = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), name)
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="corridor")
 def cli() -> None:
     """Run a coding agent with contained network access.
@@ -100,28 +136,39 @@ def run(
     Example:
       corridor run --allow api.example.com -- curl -sSf https://api.example.com/
     """
-    from corridor.policy import policy_from_flags, resolve_policy
-    from corridor.session import RunOptions, print_summary
-    from corridor.session import run as run_session
+    from corridor.gateway.process import GatewayProcess
 
-    base = resolve_policy(policy_file) if policy_file else None
-    policy = policy_from_flags(list(allow), base)
-    if mode is not None:
-        policy = policy.model_copy(update={"mode": mode})
-    if upstream_ca is not None:
-        _check_ca(upstream_ca)
-    unsafe = _unsafe_ranges(unsafe_allow_private)
-    opts = RunOptions(
-        command=list(command),
-        policy=policy,
-        workspace=workspace or Path.cwd(),
-        state_dir=state_dir_from(state_dir),
-        quiet=quiet,
-        upstream_ca=upstream_ca,
-        pass_env=list(pass_env),
-        unsafe_allow_private=unsafe,
-    )
-    result = run_session(opts)
+    # First thing (or before click was even imported: corridor.start): the gateway's
+    # interpreter loads its modules (~90 ms) while this one loads the policy and starts
+    # the sandbox; session.run configures it.
+    gateway = _EARLY.pop("gateway", None) or GatewayProcess.spawn()
+    try:
+        from corridor.cli_audit import state_dir_from
+        from corridor.session import RunOptions, print_summary
+        from corridor.session import run as run_session
+
+        state = state_dir_from(state_dir)
+        policy = _run_policy(policy_file, list(allow), mode, state)
+        if upstream_ca is not None:
+            _check_ca(upstream_ca)
+        unsafe = _unsafe_ranges(unsafe_allow_private)
+        opts = RunOptions(
+            command=list(command),
+            policy=policy,
+            workspace=workspace or Path.cwd(),
+            state_dir=state,
+            quiet=quiet,
+            upstream_ca=upstream_ca,
+            pass_env=list(pass_env),
+            unsafe_allow_private=unsafe,
+        )
+    except BaseException:
+        # Nothing to serve: it need not finish loading to be ended.
+        gateway.kill()
+        gateway.wait(deadline=time.monotonic())
+        gateway.close()
+        raise
+    result = run_session(opts, gateway)
     if not quiet:
         from corridor.audit import read_events, summary_line
 
@@ -167,6 +214,22 @@ def _unsafe_ranges(values: tuple[str, ...]) -> tuple:
         raise UserError(e.message, hint=e.hint) from None
 
 
+def _run_policy(policy_file: str | None, allow: list[str], mode: str | None, state: Path):
+    """The policy of a run: --allow values alone are read straight into the compiled form
+    (no policy model to load); a template or file goes through the model."""
+    if policy_file is None:
+        from corridor.policy.flags import policy_from_allow_flags
+
+        return policy_from_allow_flags(allow, mode)
+    from corridor.policy import policy_from_flags, resolve_policy
+
+    # Discovery keeps tool answers in the state directory (corridor.policy.tool_cache).
+    policy = policy_from_flags(allow, resolve_policy(policy_file, state_dir=state))
+    if mode is not None:
+        policy = policy.model_copy(update={"mode": mode})
+    return policy
+
+
 def _check_ca(path: Path) -> None:
     try:
         data = path.read_bytes()
@@ -179,7 +242,29 @@ def _check_ca(path: Path) -> None:
         )
 
 
-def main() -> None:
+def main(gateway: GatewayProcess | None = None) -> NoReturn:
+    """The `corridor` command: run the CLI, then end the process without tearing the
+    interpreter down (see `leave`). `gateway`: a gateway process `corridor.start` started
+    for `corridor run` before this module was imported; ended here if `run` did not
+    take it (--help, a usage error)."""
+    if gateway is not None:
+        _EARLY["gateway"] = gateway
+    try:
+        dispatch()
+        status = 0
+    except SystemExit as e:
+        status = exit_status(e.code)
+    finally:
+        unused = _EARLY.pop("gateway", None)
+        if unused is not None:
+            unused.kill()
+            unused.wait(deadline=time.monotonic())
+            unused.close()
+    leave(status)
+
+
+def dispatch() -> None:
+    """Run the command line; ends with SystemExit (the status) when it does not return."""
     try:
         cli.main(prog_name="corridor", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -202,10 +287,34 @@ def main() -> None:
         sys.exit(130)
 
 
-from corridor.cli_policy import policy as _policy_group  # noqa: E402  (the `policy` group)
+def exit_status(code: object) -> int:
+    """The process status for `sys.exit(code)`, as the interpreter computes it: None is 0,
+    an int is itself, anything else is printed on stderr and gives 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
-cli.add_command(_policy_group)
-from corridor.cli_audit import key, report, state_dir_from, suggest, verify  # noqa: E402
 
-for _command in (verify, report, key, suggest):
-    cli.add_command(_command)
+def leave(status: int) -> NoReturn:
+    """Exit with `status` the way the interpreter would, minus its teardown.
+
+    Tearing down the ~1,000 modules a run imports (pydantic's schemas, cryptography...)
+    takes ~35 ms after the command has already ended. The parts of an exit that matter
+    still happen: the atexit handlers run, then stdout and stderr are flushed. Only when
+    another thread still runs (its end would be waited for) does the normal exit follow.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what the interpreter runs at exit, in the same order
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # e.g. a closed pipe: the interpreter's status then
+            status = EXIT_FLUSH_FAILED
+    os._exit(status)

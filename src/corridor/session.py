@@ -295,6 +295,7 @@ def contain(sandbox: Sandbox, gateway: GatewayProcess) -> Outcome:
             end = gateway.wait(deadline=time.monotonic() + 1.0)
             return Outcome(code, end.stats, end.error or "the gateway stopped", failed=True)
         code = _exit_code(sandbox.proc.wait())
+        sandbox.begin_collect_drops()  # read while the gateway stops; close() takes them
         end = gateway.stop()
         return Outcome(code, end.stats, end.error)
     finally:
@@ -345,7 +346,8 @@ def end_session(db: Path, signer: Signer, session: str, started: float, outcome:
 
 
 def _counts_from_log(db: Path, session: str) -> dict[str, int]:
-    from corridor.audit.render import ALLOW, DENY, ROW_CONN, ROW_DNS, connection_rows
+    from corridor.audit.events import ALLOW, DENY
+    from corridor.audit.rows import ROW_CONN, ROW_DNS, connection_rows
 
     rows = connection_rows(read_events(db, session=session))
     conns = [row for row in rows if row.kind == ROW_CONN]

@@ -12,17 +12,13 @@ from rich.console import Console
 
 from corridor.audit.events import FIELD_NAMES, Event, Kind
 from corridor.audit.render import (
-    CONN_KEYS,
-    DNS_KEYS,
-    Row,
-    connection_rows,
     event_line,
     human_bytes,
     human_duration,
     render_jsonl,
     render_table,
-    summary_line,
 )
+from corridor.audit.rows import CONN_KEYS, DNS_KEYS, Row, connection_rows, summary_line
 
 SID = "20261127T031500Z-3f9a2c"
 T0 = 1795749300.0  # 2026-11-27 03:15:00 UTC

@@ -92,8 +92,17 @@ def reach(lab, *names: str) -> list[str]:
 def corridor_run(lab, state: Path, ws: Path, *args: str, env=None, timeout: float = 180):
     # The deps templates inspect registry hosts (package events): the gateway verifies the
     # lab mirrors' certificates against the lab CA.
-    argv = [*CORRIDOR, "run", "--state-dir", str(state), "--workspace", str(ws),
-            "--upstream-ca", str(lab.ca_pem), *args]
+    argv = [
+        *CORRIDOR,
+        "run",
+        "--state-dir",
+        str(state),
+        "--workspace",
+        str(ws),
+        "--upstream-ca",
+        str(lab.ca_pem),
+        *args,
+    ]
     return lab.run(argv, cwd=str(ws), env=env, timeout=timeout)
 
 

@@ -346,8 +346,17 @@ def test_nothing_is_left_behind(lab, ws, state):
     """
     marker = "sleep 60.4242"
     before_tmp = _corridor_tmp()
-    r = corridor(lab, state, ws, "--allow", "allowed.test", "--", "sh", "-c",
-                 f"{marker} & curl -s --cacert lab-ca.pem https://allowed.test/ >/dev/null; exit 0")
+    r = corridor(
+        lab,
+        state,
+        ws,
+        "--allow",
+        "allowed.test",
+        "--",
+        "sh",
+        "-c",
+        f"{marker} & curl -s --cacert lab-ca.pem https://allowed.test/ >/dev/null; exit 0",
+    )
     assert r.returncode == 0
     time.sleep(0.2)
     assert _traces(str(ws), marker) == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from corridor.sandbox.bwrap import SandboxSpec
 from corridor.sandbox.launch import DROP_LOG, EXPECTED_LISTENERS, find_tools, start_sandbox
 from corridor.sandbox.nft import LOG_BURST, Ports
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("bwrap") is None, reason="needs root and bwrap"
-)
+# Real bwrap and network namespaces: the lab's requirements (and its skip/fail rule in CI).
+pytestmark = pytest.mark.lab
 PYTHON = os.path.realpath(sys.executable)
 # The run's length bounds what the limit lets through: burst + rate x seconds.
 LOG_RATE_PER_S = 50

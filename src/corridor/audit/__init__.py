@@ -37,14 +37,14 @@ _WHERE = {
     "to_ocsf": "ocsf",
     "Package": "packages",
     "package_event": "packages",
-    "Row": "render",
-    "connection_rows": "render",
+    "Row": "rows",
+    "connection_rows": "rows",
     "event_line": "render",
     "human_bytes": "render",
     "human_duration": "render",
     "render_jsonl": "render",
     "render_table": "render",
-    "summary_line": "render",
+    "summary_line": "rows",
     "build_report": "report",
     "mismatched_sections": "report",
     "records_from_report": "report",
@@ -110,14 +110,11 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
     from corridor.audit.ocsf import to_ocsf
     from corridor.audit.packages import Package, package_event
     from corridor.audit.render import (
-        Row,
-        connection_rows,
         event_line,
         human_bytes,
         human_duration,
         render_jsonl,
         render_table,
-        summary_line,
     )
     from corridor.audit.report import (
         build_report,
@@ -127,6 +124,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
         render_json,
         render_text,
     )
+    from corridor.audit.rows import Row, connection_rows, summary_line
     from corridor.audit.spool import spool_dir
     from corridor.audit.store import (
         DB_FILENAME,

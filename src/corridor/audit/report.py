@@ -19,7 +19,8 @@ from typing import Any
 
 from corridor.audit.chain import Record
 from corridor.audit.events import ALLOW, DENY, WOULD_DENY, Event, Kind, format_command
-from corridor.audit.render import ROW_CONN, connection_rows, human_bytes, human_duration
+from corridor.audit.render import human_bytes, human_duration
+from corridor.audit.rows import ROW_CONN, connection_rows
 from corridor.audit.verify import Verdict
 
 REPORT_FORMAT = "corridor-report/1"

@@ -22,22 +22,25 @@ capabilities bwrap.INIT_CAPS. In order it:
    left in the PID namespace, so nothing outlives the session. If the control socket
    closes (corridor and its gateway are gone), the command is killed: fail closed.
 
-Standard library only: this runs before anything else and must start fast.
+Standard library only: this runs before anything else and must start fast. It is on
+the path of every run, so it imports only modules that cost next to nothing to load
+(START-UP below); `python -I -S` adds no site-packages.
 """
 
 from __future__ import annotations
 
-import contextlib
+# START-UP: every run waits for this init to start, imports included. The C cores of
+# socket and signal stand in for their Python modules (which build enums), marshal for
+# json, os.posix_spawn for subprocess, `which` below for shutil, try/except for contextlib:
+# ~3 ms of imports where those took ~17 ms. tests/unit/test_init_startup.py keeps it so.
+import _signal as signal
+import _socket as socket
 import ctypes
-import json
+import marshal
 import os
 import select
-import shutil
-import signal
-import socket
 import stat
 import struct
-import subprocess
 import sys
 
 CLONE_NEWUSER = 0x10000000
@@ -78,27 +81,81 @@ def fail(msg: str, code: int = EXIT_SETUP_FAILED) -> None:
     os._exit(code)
 
 
-def run(argv: list[str], stdin: str | None = None) -> None:
-    r = subprocess.run(argv, input=stdin, text=True, capture_output=True)
-    if r.returncode != 0:
-        fail(f"sandbox setup: {' '.join(argv[:4])} failed: {r.stderr.strip()}")
+def spawn(argv: list[str], stdin: str) -> tuple[int, int]:
+    """Start a setup tool reading `stdin`; returns its pid and the read end of its stderr.
+
+    The input is ours and a few KiB (a pipe holds 64 KiB), so it is written whole before
+    the tool runs; stdout goes nowhere, as the tools print nothing we need.
+    """
+    in_r, in_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        os.write(in_w, stdin.encode())
+        os.close(in_w)
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, in_r, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ],
+        )
+    except OSError as e:
+        fail(f"sandbox setup: {' '.join(argv[:4])} failed: {e.strerror}")
+    finally:
+        os.close(in_r)
+        os.close(err_w)
+    return pid, err_r
+
+
+def finish(argv: list[str], pid: int, err_r: int) -> None:
+    """Wait for a tool `spawn` started; a failure stops the setup with the tool's stderr."""
+    err = bytearray()
+    while chunk := os.read(err_r, 65536):
+        err += chunk
+    os.close(err_r)
+    _pid, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        text = err.decode(errors="replace").strip()
+        fail(f"sandbox setup: {' '.join(argv[:4])} failed: {text}")
 
 
 def setup_network(cfg: dict) -> socket.socket | None:
-    """lo, routes, the firewall; returns the drop log socket (None: drops counted only)."""
-    ip, nft = cfg["ip"], cfg["nft"]
-    run([ip, "link", "set", "lo", "up"])
-    # Without `src`, connects to redirected addresses pick no source and hang.
-    run([ip, "route", "add", "default", "dev", "lo", "src", "127.0.0.1"])
-    run([ip, "-6", "route", "add", "default", "dev", "lo"])
-    # getaddrinfo(AI_ADDRCONFIG) returns answers of a family only when a non-loopback
-    # address of that family exists: one of each on lo (see nft.py) lets tools that pass
-    # that flag (Node) resolve IPv4-only and IPv6-only names alike.
-    run([ip, "-6", "addr", "add", cfg["v6_local"], "dev", "lo", "nodad"])
-    run([ip, "addr", "add", cfg["v4_local"], "dev", "lo"])
+    """lo, routes, the firewall; returns the drop log socket (None: drops counted only).
+
+    One `ip -batch` and one `nft -f`, side by side: neither needs the other's work.
+    """
+    ip_argv = [cfg["ip"], "-batch", "-"]
+    ip = spawn(ip_argv, ip_batch(cfg["v4_local"], cfg["v6_local"]))
     drop_log = open_drop_log(cfg["log_group"], cfg["log_snaplen"])
-    run([nft, "-f", "-"], stdin=cfg["nft_rules"] if drop_log else cfg["nft_rules_unlogged"])
+    nft_argv = [cfg["nft"], "-f", "-"]
+    nft = spawn(nft_argv, cfg["nft_rules"] if drop_log else cfg["nft_rules_unlogged"])
+    finish(ip_argv, *ip)
+    finish(nft_argv, *nft)
     return drop_log
+
+
+def ip_batch(v4_local: str, v6_local: str) -> str:
+    """The `ip -batch` input that brings lo up and routes every address to it.
+
+    A batch line takes no `-6`: the IPv6 lines name IPv6 prefixes (::/0 is `-6 default`).
+    """
+    return "\n".join(
+        (
+            "link set lo up",
+            # Without `src`, connects to redirected addresses pick no source and hang.
+            "route add default dev lo src 127.0.0.1",
+            "route add ::/0 dev lo",
+            # getaddrinfo(AI_ADDRCONFIG) returns answers of a family only when a
+            # non-loopback address of that family exists: one of each on lo (see nft.py)
+            # lets tools that pass that flag (Node) resolve IPv4-only and IPv6-only names.
+            f"addr add {v6_local} dev lo nodad",
+            f"addr add {v4_local} dev lo",
+            "",
+        )
+    )
 
 
 def _nlattr(attr_type: int, payload: bytes) -> bytes:
@@ -271,7 +328,9 @@ def hand_over_listeners(ctl: socket.socket, ports: dict, drop_log: socket.socket
     namespaces = {name: os.open(f"/proc/self/ns/{ns}", os.O_RDONLY) for name, ns in NS_HANDLES}
     fds.update(namespaces)
     names = list(fds)
-    socket.send_fds(ctl, [json.dumps(names).encode()], [fds[n] for n in names])
+    # The names, space-separated, in the order of the descriptors (launch.start_sandbox).
+    rights = struct.pack(f"{len(names)}i", *(fds[n] for n in names))
+    ctl.sendmsg([" ".join(names).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
     for s in socks.values():
         s.close()
     if drop_log is not None:
@@ -298,7 +357,7 @@ def exec_command(cfg: dict) -> None:
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     argv = cfg["command"]
-    path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=os.environ.get("PATH"))
+    path = argv[0] if "/" in argv[0] else which(argv[0], os.environ.get("PATH"))
     if path is None or not os.path.exists(path):
         fail(f"command not found: {argv[0]}", EXIT_NOT_FOUND)
     if os.path.isdir(path) or not os.access(path, os.X_OK):
@@ -310,6 +369,31 @@ def exec_command(cfg: dict) -> None:
         os.execv(setpriv[0], [*setpriv, "--", path, *argv[1:]])
     except OSError as e:
         fail(f"cannot execute {argv[0]}: {e.strerror}", EXIT_CANNOT_EXEC)
+
+
+def which(name: str, path: str | None) -> str | None:
+    """shutil.which(name, path=path) for a bare name, without importing shutil (START-UP):
+    the first executable non-directory `name` in `path` (unset: the system's default)."""
+    if path is None:
+        try:
+            path = os.confstr("CS_PATH")
+        except (AttributeError, ValueError):
+            path = os.defpath
+    if not path:
+        return None  # PATH='' matches nothing, as in shutil.which
+    seen = set()
+    for directory in path.split(os.pathsep):
+        if directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, name)
+        if (
+            os.path.exists(candidate)
+            and os.access(candidate, os.F_OK | os.X_OK)
+            and not os.path.isdir(candidate)
+        ):
+            return candidate
+    return None
 
 
 def supervise(ctl: socket.socket, child: int) -> int:
@@ -354,15 +438,20 @@ def supervise(ctl: socket.socket, child: int) -> int:
 
 
 def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    # Not contextlib.suppress: contextlib costs start-up time (START-UP).
+    try:
         os.killpg(pid, sig)
+    except ProcessLookupError:
+        return  # the command's group is gone already
 
 
 def read_config(ctl: socket.socket) -> dict:
-    """The configuration corridor sends first on the control socket: a 4-byte length, then
-    that much JSON."""
+    """The configuration corridor sends on the control socket after this init's code
+    (launch.INIT_BOOT): a 4-byte length, then that many bytes of marshal data (plain
+    dicts, lists, strings, numbers: corridor and this init run the same interpreter, and
+    marshal costs no import, unlike json)."""
     size = int.from_bytes(_recv_exactly(ctl, 4), "big")
-    return json.loads(_recv_exactly(ctl, size))
+    return marshal.loads(_recv_exactly(ctl, size))
 
 
 def _recv_exactly(ctl: socket.socket, size: int) -> bytes:
@@ -375,8 +464,15 @@ def _recv_exactly(ctl: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+def control_socket(fd: int) -> socket.socket:
+    """The control socket corridor passed on `fd`, kept from the tools this init runs:
+    posix_spawn (unlike subprocess) hands them every inheritable descriptor."""
+    os.set_inheritable(fd, False)
+    return socket.socket(fileno=fd)
+
+
 def main() -> None:
-    ctl = socket.socket(fileno=int(sys.argv[1]))
+    ctl = control_socket(int(sys.argv[1]))
     cfg = read_config(ctl)
     drop_log = setup_network(cfg)
     setup_home(cfg)

@@ -10,7 +10,7 @@ init sent: corridor holds the sandbox's network namespace open until then.
 from __future__ import annotations
 
 import contextlib
-import json
+import marshal
 import os
 import shutil
 import signal
@@ -49,6 +49,22 @@ NAMESPACE_HANDLES = ("netns", "userns")
 MAX_HANDED_FDS = len(EXPECTED_LISTENERS) + 1 + len(NAMESPACE_HANDLES)
 COUNTERS_TIMEOUT_S = 5.0  # `nft list counters` takes ~5 ms; a hung one must not hang the run
 INIT_SCRIPT = Path(__file__).with_name("init.py")
+# The init's command line: read its code (marshalled, behind a 4-byte length) from the
+# control socket, the descriptor in argv[1], and run it as __main__. corridor compiles
+# init.py while bwrap and the interpreter start, so the init does not have to (~3 ms).
+INIT_BOOT = """\
+import marshal, os, sys
+def take(n, fd=int(sys.argv[1])):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            print("corridor: sandbox setup: corridor went away", file=sys.stderr, flush=True)
+            os._exit(125)
+        data += chunk
+    return data
+exec(marshal.loads(take(int.from_bytes(take(4), "big"))), {"__name__": "__main__"})
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +156,30 @@ class Sandbox:
         self.drops_error: str | None = None  # why `drops` stayed None, for the session end
         self._nsenter = nsenter
         self._nft = nft
+        self._counting: subprocess.Popen | None = None  # the counter read, once started
+
+    def begin_collect_drops(self) -> None:
+        """Start reading the drop counters once the sandbox has exited, without waiting:
+        `collect_drops` (or `close`) takes the result. The read (nsenter + nft, ~4 ms)
+        then overlaps whatever the caller does meanwhile, e.g. stopping the gateway."""
+        if self.drops is not None or self._counting is not None or self.proc.poll() is None:
+            return
+        netns, userns = self.namespaces.get("netns"), self.namespaces.get("userns")
+        if netns is None or self._nsenter is None or self._nft is None:
+            self.drops_error = "no namespace handle or no nsenter"
+            return
+        argv = [self._nsenter, "--preserve-credentials"]
+        if userns is not None and os.fstat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
+            argv.append(f"--user=/proc/self/fd/{userns}")
+        argv += [f"--net=/proc/self/fd/{netns}", "--", self._nft, "-j", "list", "counters"]
+        argv += ["table", "inet", TABLE]
+        fds = [fd for fd in (netns, userns) if fd is not None]
+        try:
+            self._counting = subprocess.Popen(
+                argv, pass_fds=fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        except OSError as e:
+            self.drops_error = str(e)
 
     def collect_drops(self) -> dict[str, int] | None:
         """Read the drop counters once the sandbox has exited (idempotent; never raises).
@@ -150,26 +190,20 @@ class Sandbox:
         """
         if self.drops is not None or self.proc.poll() is None:
             return self.drops
-        netns, userns = self.namespaces.get("netns"), self.namespaces.get("userns")
-        if netns is None or self._nsenter is None or self._nft is None:
-            self.drops_error = "no namespace handle or no nsenter"
+        self.begin_collect_drops()
+        reader, self._counting = self._counting, None
+        if reader is None:  # it could not start: drops_error says why
             return None
-        argv = [self._nsenter, "--preserve-credentials"]
-        if userns is not None and os.fstat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
-            argv.append(f"--user=/proc/self/fd/{userns}")
-        argv += [f"--net=/proc/self/fd/{netns}", "--", self._nft, "-j", "list", "counters"]
-        argv += ["table", "inet", TABLE]
-        fds = [fd for fd in (netns, userns) if fd is not None]
         try:
-            r = subprocess.run(
-                argv, pass_fds=fds, capture_output=True, text=True, timeout=COUNTERS_TIMEOUT_S
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
+            out, err = reader.communicate(timeout=COUNTERS_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            reader.kill()
+            reader.communicate()
             self.drops_error = str(e)
             return None
-        counters = parse_counters(r.stdout) if r.returncode == 0 else {}
+        counters = parse_counters(out) if reader.returncode == 0 else {}
         if not counters:
-            self.drops_error = r.stderr.strip() or "nft printed no drop counters"
+            self.drops_error = err.strip() or "nft printed no drop counters"
             return None
         self.drops = counters
         return counters
@@ -197,14 +231,88 @@ class Sandbox:
         self.ctl.close()
 
 
+def code_message(script: Path) -> bytes:
+    """`script` compiled, as INIT_BOOT reads it: a 4-byte length, then the marshalled code."""
+    code = marshal.dumps(compile(script.read_text(), str(script), "exec"))
+    return len(code).to_bytes(4, "big") + code
+
+
+def config_message(cfg: dict) -> bytes:
+    """The init's configuration as sent on the control socket (init.read_config): a 4-byte
+    length, then marshal data, which the init reads without importing anything. Both
+    ends run the same interpreter (see `init_argv` in start_sandbox)."""
+    blob = marshal.dumps(cfg)
+    return len(blob).to_bytes(4, "big") + blob
+
+
 def start_sandbox(
     tools: Tools, spec: SandboxSpec, command: list[str], env: dict[str, str], ports: Ports
 ) -> Sandbox:
     """Spawn bwrap + init; return once the listeners have been handed over."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The init uses only the standard library: its code comes over the control socket
+    # (the sandbox may not see where corridor is installed, e.g. under the host's /tmp),
+    # run by the real interpreter behind any venv (the one that compiled it), isolated
+    # (-I) and without site-packages (-S).
+    init_argv = [
+        os.path.realpath(sys.executable),
+        "-I",
+        "-S",
+        "-c",
+        INIT_BOOT,
+        # Only the control socket's number: the code and the configuration follow over
+        # the socket, as the configuration can outgrow one argument's 128 KiB (thousands
+        # of host sockets to mask).
+        str(child.fileno()),
+    ]
+    argv = bwrap_argv(tools.bwrap, spec, init_argv)
+    # Its own process group: a terminal's Ctrl-C goes to corridor's group, and corridor
+    # relays it to the command; bwrap itself must not die of it first.
+    proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env, process_group=0)
+    child.close()
+    parent.settimeout(SETUP_TIMEOUT_S)
+    fds: list[int] = []
+    try:
+        # Built while bwrap and the init's interpreter start: compiling the init (~3 ms)
+        # and the host socket scan, which reads /proc (~1 ms, ~10 ms with hundreds of
+        # processes), would otherwise come first.
+        cfg = init_config(tools, spec, command, ports)
+        parent.sendall(code_message(INIT_SCRIPT) + config_message(cfg))
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, MAX_HANDED_FDS)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the init is gone before it took its configuration: bwrap says why, below
+    except (TimeoutError, OSError) as e:
+        proc.kill()
+        proc.wait()
+        raise UserError(f"sandbox setup failed: {e}") from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        parent.close()
+        raise
+    if not fds:
+        code = proc.wait()
+        parent.close()
+        raise UserError(
+            f"sandbox setup failed (bwrap exited with {code}); see the message above",
+            hint="bwrap, nft and user namespaces must work on this machine; "
+            "try `bwrap --unshare-all --ro-bind / / true`",
+        )
+    parent.settimeout(None)
+    # The init names the descriptors, space-separated, in their order (init.hand_over_listeners).
+    handed = dict(zip(msg.decode().split(), fds, strict=True))
+    namespaces = {name: handed.pop(name) for name in NAMESPACE_HANDLES if name in handed}
+    listeners = {name: socket.socket(fileno=fd) for name, fd in handed.items()}
+    for s in listeners.values():
+        s.setblocking(False)
+    return Sandbox(proc, parent, listeners, namespaces, nsenter=tools.nsenter, nft=tools.nft)
+
+
+def init_config(tools: Tools, spec: SandboxSpec, command: list[str], ports: Ports) -> dict:
+    """What the init needs to set the sandbox up and run `command` (init.read_config)."""
     in_home = spec.workspace.is_relative_to(spec.home)
     shown = {path for path, _ in spec.views}
-    cfg = {
+    return {
         "ip": tools.ip,
         "nft": tools.nft,
         "setpriv": tools.setpriv,
@@ -227,45 +335,3 @@ def start_sandbox(
         "scratch": scratch_dirs(str(spec.home)),
         "socket_masks": host_socket_paths(),
     }
-    # The init uses only the standard library: its source goes on the command line (the
-    # sandbox may not see where corridor is installed, e.g. under the host's /tmp), run by
-    # the real interpreter behind any venv, isolated (-I) and without site-packages (-S).
-    init_argv = [
-        os.path.realpath(sys.executable),
-        "-I",
-        "-S",
-        "-c",
-        INIT_SCRIPT.read_text(),
-        # Only the control socket's number: the configuration follows over the socket, as
-        # it can outgrow one argument's 128 KiB (thousands of host sockets to mask).
-        str(child.fileno()),
-    ]
-    argv = bwrap_argv(tools.bwrap, spec, init_argv)
-    # Its own process group: a terminal's Ctrl-C goes to corridor's group, and corridor
-    # relays it to the command; bwrap itself must not die of it first.
-    proc = subprocess.Popen(argv, pass_fds=[child.fileno()], env=env, process_group=0)
-    child.close()
-    parent.settimeout(SETUP_TIMEOUT_S)
-    try:
-        blob = json.dumps(cfg).encode()
-        parent.sendall(len(blob).to_bytes(4, "big") + blob)
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, MAX_HANDED_FDS)
-    except (TimeoutError, OSError) as e:
-        proc.kill()
-        proc.wait()
-        raise UserError(f"sandbox setup failed: {e}") from None
-    if not fds:
-        code = proc.wait()
-        parent.close()
-        raise UserError(
-            f"sandbox setup failed (bwrap exited with {code}); see the message above",
-            hint="bwrap, nft and user namespaces must work on this machine; "
-            "try `bwrap --unshare-all --ro-bind / / true`",
-        )
-    parent.settimeout(None)
-    handed = dict(zip(json.loads(msg), fds, strict=True))
-    namespaces = {name: handed.pop(name) for name in NAMESPACE_HANDLES if name in handed}
-    listeners = {name: socket.socket(fileno=fd) for name, fd in handed.items()}
-    for s in listeners.values():
-        s.setblocking(False)
-    return Sandbox(proc, parent, listeners, namespaces, nsenter=tools.nsenter, nft=tools.nft)
