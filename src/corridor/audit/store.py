@@ -530,6 +530,9 @@ def _encode_data(data: Any) -> str:
     )
 
 
+WRITER_CACHE_KIB = 256  # SQLite page cache of a writing connection (negative size: KiB)
+
+
 def _open_for_writing(path: Path) -> sqlite3.Connection:
     """Create (if needed) and migrate the database; return a connection in autocommit mode."""
     if not path.parent.is_dir():
@@ -546,6 +549,10 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # A writer appends: it touches the rightmost pages of each index and the page
+        # it checks a session's head in. SQLite's default cache (2 MB) only holds pages
+        # read once, in the gateway process that serves for hours.
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         _migrate(conn, path)
     except BaseException:
         conn.close()
