@@ -198,7 +198,7 @@ def _npm(host: str, segs: list[str], raw: list[str], query: str) -> Package | No
 
 
 def _cargo(host: str, segs: list[str], raw: list[str], query: str) -> Package | None:
-    # crates.io's download API: /api/v1/crates/NAME/VERSION/download
+    # a cargo registry's web API download path: /api/v1/crates/NAME/VERSION/download
     if len(segs) >= 5 and segs[-1] == "download" and segs[-4] == "crates":
         return Package(CARGO, segs[-3], segs[-2])
     last = segs[-1] if segs else ""
