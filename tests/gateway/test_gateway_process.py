@@ -114,19 +114,11 @@ def test_the_working_directory_is_not_on_the_gateways_import_path(
     assert not marker.exists()
 
 
-def test_stopped_before_the_sandbox_started(tmp_path: Path) -> None:
-    gateway = _spawn(tmp_path)
-    try:
-        end = gateway.stop(timeout=10)
-    finally:
-        gateway.close()
-    assert end.stats is None
-    assert end.error is not None and end.error.startswith("the sandbox did not start")
-
-
-def test_stopped_before_it_was_configured(tmp_path: Path) -> None:
-    """`corridor run` starts the gateway first; a user error found after that ends it."""
-    gateway = GatewayProcess.spawn()
+@pytest.mark.parametrize("configured", [True, False], ids=["configured", "not-configured"])
+def test_stopped_before_the_sandbox_started(tmp_path: Path, configured: bool) -> None:
+    """`corridor run` starts the gateway first: a user error or a sandbox that did not
+    start ends it, before or after it got its document."""
+    gateway = _spawn(tmp_path) if configured else GatewayProcess.spawn()
     try:
         end = gateway.stop(timeout=10)
     finally:

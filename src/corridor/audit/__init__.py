@@ -8,8 +8,9 @@ millisecond of imports is start-up time.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corridor.lazy import lazy_getattr
 
 # name -> the module of corridor.audit that defines it
 _WHERE = {
@@ -76,13 +77,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # next time a plain lookup
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly

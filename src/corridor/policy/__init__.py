@@ -11,8 +11,9 @@ Names are imported from their modules on first use (PEP 562): the gateway proces
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corridor.lazy import lazy_getattr
 
 # Eager, unlike the rest: `decide` is also the name of its module, and importing that
 # module (as the gateway does) would bind the module here instead of the function. It is
@@ -55,13 +56,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # next time a plain lookup
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly

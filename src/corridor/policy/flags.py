@@ -30,7 +30,14 @@ from corridor.policy.constants import (
     MIN_PORT,
     POLICY_VERSION,
 )
-from corridor.policy.hosts import InvalidHost, parse_host_pattern, parse_ip_literal
+from corridor.policy.hosts import (
+    InvalidHost,
+    InvalidNetwork,
+    IPNetwork,
+    parse_host_pattern,
+    parse_ip_literal,
+    parse_network,
+)
 
 FLAG_HINT = (
     "use HOST, HOST:PORT, *.DOMAIN, **.DOMAIN, ADDRESS, [IPv6]:PORT, "
@@ -152,18 +159,17 @@ def _flag_port(text: str) -> int:
     return port
 
 
-def _flag_cidr(target: str, address: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _flag_cidr(target: str, address: object) -> IPNetwork:
     if address is not None:
         return ipaddress.ip_network(address)  # type: ignore[arg-type]
     try:
-        return ipaddress.ip_network(target, strict=True)
-    except ValueError:
-        pass
-    try:
-        fixed = ipaddress.ip_network(target, strict=False)
-    except ValueError:
-        raise _FlagProblem(f"{target!r} is not an address range") from None
-    raise _FlagProblem(f"{target!r} has bits set after the prefix", f"did you mean {fixed}?")
+        return parse_network(target)
+    except InvalidNetwork as e:
+        if e.fixed is None:
+            raise _FlagProblem(f"{target!r} is not an address range") from None
+        raise _FlagProblem(
+            f"{target!r} has bits set after the prefix", f"did you mean {e.fixed}?"
+        ) from None
 
 
 def policy_from_allow_flags(values: Iterable[str], mode: str | None = None) -> CompiledPolicy:

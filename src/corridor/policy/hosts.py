@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_NAME_LENGTH = 253  # RFC 1035 2.3.4: 255 octets on the wire = 253 characters in text
 MAX_LABEL_LENGTH = 63  # RFC 1035 2.3.4
@@ -84,6 +85,28 @@ def parse_ip_literal(s: str) -> IPAddress | None:
     if bracketed and address.version != 6:
         return None  # brackets are for IPv6 only (RFC 3986 3.2.2)
     return address
+
+
+class InvalidNetwork(ValueError):
+    """Not an address range; `fixed` is the range meant, when only host bits were set."""
+
+    def __init__(self, fixed: IPNetwork | None = None):
+        super().__init__("not an address range" if fixed is None else f"did you mean {fixed}?")
+        self.fixed = fixed
+
+
+def parse_network(text: str) -> IPNetwork:
+    """An address range "ADDRESS/LEN" (or one address), strictly: no bits set after the
+    prefix. Raises InvalidNetwork, with the range meant when that was the only fault."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        fixed = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise InvalidNetwork() from None
+    raise InvalidNetwork(fixed)
 
 
 def normalize_host(name: str) -> str:

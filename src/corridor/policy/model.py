@@ -38,7 +38,14 @@ from corridor.policy.constants import MAX_PORT as MAX_PORT
 from corridor.policy.constants import MIN_PORT as MIN_PORT
 from corridor.policy.constants import POLICY_VERSION as POLICY_VERSION
 from corridor.policy.credentials import CredentialSpec
-from corridor.policy.hosts import HostPattern, InvalidHost, parse_host_pattern, parse_ip_literal
+from corridor.policy.hosts import (
+    HostPattern,
+    InvalidHost,
+    InvalidNetwork,
+    parse_host_pattern,
+    parse_ip_literal,
+    parse_network,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["enforce", "audit"]
@@ -202,16 +209,15 @@ class Rule(BaseModel):
         if not isinstance(value, str):
             raise _error("cidr", f"{value!r} is not an address range", hint)
         try:
-            return ipaddress.ip_network(value, strict=True)
-        except ValueError:
-            pass
-        try:
-            fixed = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise _error("cidr", f"{value!r} is not an address range", hint) from None
-        raise _error(
-            "cidr", f"{value!r} has bits set after the prefix", f"did you mean {str(fixed)!r}?"
-        )
+            return parse_network(value)
+        except InvalidNetwork as e:
+            if e.fixed is None:
+                raise _error("cidr", f"{value!r} is not an address range", hint) from None
+            raise _error(
+                "cidr",
+                f"{value!r} has bits set after the prefix",
+                f"did you mean {str(e.fixed)!r}?",
+            ) from None
 
     @model_validator(mode="after")
     def _one_target(self) -> Rule:
