@@ -84,14 +84,13 @@ def fail(msg: str, code: int = EXIT_SETUP_FAILED) -> None:
 def spawn(argv: list[str], stdin: str) -> tuple[int, int]:
     """Start a setup tool reading `stdin`; returns its pid and the read end of its stderr.
 
-    The input is ours and a few KiB (a pipe holds 64 KiB), so it is written whole before
-    the tool runs; stdout goes nowhere, as the tools print nothing we need.
+    The input is written once the tool runs (it reads it whole; whatever its size, the
+    pipe never fills with nobody reading); stdout goes nowhere, as the tools print
+    nothing we need.
     """
     in_r, in_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        os.write(in_w, stdin.encode())
-        os.close(in_w)
         pid = os.posix_spawn(
             argv[0],
             argv,
@@ -107,6 +106,14 @@ def spawn(argv: list[str], stdin: str) -> tuple[int, int]:
     finally:
         os.close(in_r)
         os.close(err_w)
+    data = memoryview(stdin.encode())
+    try:
+        while data:
+            data = data[os.write(in_w, data) :]
+    except BrokenPipeError:
+        pass  # the tool ended early: `finish` reports its status and message
+    finally:
+        os.close(in_w)
     return pid, err_r
 
 
