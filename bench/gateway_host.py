@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import select
 import signal
 import socket
@@ -78,13 +77,6 @@ def _listeners() -> dict[str, socket.socket]:
     return out
 
 
-def _raise_fd_limit() -> None:
-    # 1,000 idle tunnels hold 2,000 sockets; `corridor run` inherits the caller's limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def serve(state_dir: Path, audit: bool, inspect: dict | None = None) -> int:
     if inspect is None:
         policy = policy_from_flags(list(CORRIDOR_ALLOW), None)
@@ -130,7 +122,6 @@ def main() -> int:
     parser.add_argument("--inspect", type=Path, metavar="CA_OUT")
     parser.add_argument("--upstream-ca", type=Path)
     args = parser.parse_args()
-    _raise_fd_limit()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     inspect = None
     if args.inspect is not None:

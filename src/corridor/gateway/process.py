@@ -68,7 +68,7 @@ class GatewayEnd:
 
 
 class GatewayProcess:
-    """The parent's handle on the forked gateway."""
+    """The parent's handle on the gateway process."""
 
     def __init__(
         self, proc: subprocess.Popen, stop_w: int, report_r: int, hand: socket.socket
