@@ -74,6 +74,19 @@ def _spec(name: str, kind: str, scheme: str, mode: str, proxy, ca: Path, window:
     }
 
 
+def _bench_upstream() -> tuple[upstream.Pki, str, upstream.Nginx, Sampler]:
+    """The upstream every mode measures against (certificates, bodies, nginx, running)
+    and a started CPU sampler; returns (pki, the big body's SHA-256, nginx, sampler)."""
+    QUICK_DIR.mkdir(parents=True, exist_ok=True)
+    pki = upstream.make_pki(QUICK_DIR / "pki")
+    sha = upstream.make_bodies(WORK_DIR / "www")
+    nginx = upstream.Nginx(QUICK_DIR / "nginx", WORK_DIR / "www", pki)
+    nginx.start()
+    sampler = Sampler()
+    sampler.start()
+    return pki, sha, nginx, sampler
+
+
 def _load(spec: dict) -> dict:
     path = QUICK_DIR / "spec.json"
     path.write_text(json.dumps([spec]))
@@ -136,13 +149,7 @@ def _bulk(name: str, series, spec: dict) -> None:
 def compare(rounds: int, window: float, audit: bool, other: Path, idle: bool) -> int:
     """CONNECT rows of this tree and of `other` (a src/ directory), round by round
     alternately, so that a shared machine's drift hits both alike."""
-    QUICK_DIR.mkdir(parents=True, exist_ok=True)
-    pki = upstream.make_pki(QUICK_DIR / "pki")
-    upstream.make_bodies(WORK_DIR / "www")
-    nginx = upstream.Nginx(QUICK_DIR / "nginx", WORK_DIR / "www", pki)
-    nginx.start()
-    sampler = Sampler()
-    sampler.start()
+    pki, _, nginx, sampler = _bench_upstream()
     gateways = {
         "this": peers.start_gateway(QUICK_DIR, audit, name="this"),
         "other": peers.start_gateway(QUICK_DIR, audit, src=other, name="other"),
@@ -182,13 +189,7 @@ def transparent(window: float) -> int:
     from bench.config import QUICK
     from bench.run import _transparent
 
-    QUICK_DIR.mkdir(parents=True, exist_ok=True)
-    pki = upstream.make_pki(QUICK_DIR / "pki")
-    sha = upstream.make_bodies(WORK_DIR / "www")
-    nginx = upstream.Nginx(QUICK_DIR / "nginx", WORK_DIR / "www", pki)
-    nginx.start()
-    sampler = Sampler()
-    sampler.start()
+    pki, sha, nginx, sampler = _bench_upstream()
     d = dataclasses.replace(QUICK, window_s=window)
     ctx = {"ca": pki.ca_pem, "sha256": sha}
     try:
@@ -229,13 +230,7 @@ def _print_idle(name: str, gw: peers.Peer, ca: Path, start: int | None = None) -
 def inside(
     rounds: int, window: float, audit: bool, profile: Path | None, inspect: bool, idle: bool
 ) -> int:
-    QUICK_DIR.mkdir(parents=True, exist_ok=True)
-    pki = upstream.make_pki(QUICK_DIR / "pki")
-    sha = upstream.make_bodies(WORK_DIR / "www")
-    nginx = upstream.Nginx(QUICK_DIR / "nginx", WORK_DIR / "www", pki)
-    nginx.start()
-    sampler = Sampler()
-    sampler.start()
+    pki, sha, nginx, sampler = _bench_upstream()
     gateways = {"plain": peers.start_gateway(QUICK_DIR, audit=audit)}
     cells = [
         ("https/connect", "plain", "https", "connect", pki.ca_pem),

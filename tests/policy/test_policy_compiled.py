@@ -26,7 +26,6 @@ from corridor.policy.compiled import (
     to_wire,
 )
 from corridor.policy.decide import Decision
-from corridor.policy.discover import clear_cache
 
 FULL: dict[str, Any] = {
     "version": 1,
@@ -95,19 +94,6 @@ EXTRA_HOSTS = (
 LITERALS = ("10.20.1.2", "10.20.9.9", "[2001:db8::5]", "1.2.3.4", "::ffff:10.20.9.1", "[::1]")
 PORTS = (443, 80, 7, 22, 5432, 8080, 8443, 0, 70000)
 REQUESTS = ((None, None), ("GET", "/v1/x"), ("POST", "/admin"), ("GET", "/v1/../admin"))
-
-
-@pytest.fixture
-def quiet_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A process environment where no package manager is installed or configured, so that
-    the discovering templates resolve the same everywhere."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    for name in ("PIP_CONFIG_FILE", "PIP_INDEX_URL", "NPM_CONFIG_USERCONFIG", "GOPROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    clear_cache()
-    return tmp_path
 
 
 def full_policy(mode: str = "enforce") -> Policy:

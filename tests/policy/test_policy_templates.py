@@ -27,7 +27,6 @@ from corridor.policy import (
     resolve_template,
     template_names,
 )
-from corridor.policy.discover import clear_cache
 
 BRIEF_TEMPLATES = {
     "offline",
@@ -44,18 +43,6 @@ BRIEF_TEMPLATES = {
 # `policy list` prints "NAME  SUMMARY" with names padded to the longest (17): one line of
 # at most 100 columns.
 SUMMARY_MAX = 80
-
-
-@pytest.fixture
-def quiet_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A process environment where no package manager is installed or configured."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    for name in ("PIP_CONFIG_FILE", "PIP_INDEX_URL", "NPM_CONFIG_USERCONFIG", "GOPROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    clear_cache()
-    return tmp_path
 
 
 def test_the_brief_templates_exist() -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corridor.errors import UserError
+from corridor.gateway.memfile import memory_file
 
 if TYPE_CHECKING:
     from corridor.gateway.addresses import UnsafeRange
@@ -128,7 +129,7 @@ class GatewayProcess:
         """Send the gateway its document (`gateway_config`), in a memfd (SCM_RIGHTS): it
         carries the brokered credentials' real values, so it is never on a file system."""
         assert self._hand is not None and not self._configured, "configure() after hand_over"
-        fd = _memfd("corridor-gw-config", json.dumps(config).encode())
+        fd = memory_file("corridor-gw-config", json.dumps(config).encode())
         try:
             with contextlib.suppress(OSError):  # a gateway that died is seen by wait_ready
                 socket.send_fds(self._hand, [b"config"], [fd])
@@ -290,16 +291,3 @@ def _import_path() -> list[str]:
     root = str(Path(next(iter(corridor.__path__))).parent)
     rest = sys.path if sys.flags.safe_path else sys.path[1:]
     return [root, *(p for p in rest if p and p != root)]
-
-
-def _memfd(name: str, data: bytes) -> int:
-    """A file in memory holding `data`, read from its start by the child."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from corridor.gateway.memfile import memory_file
 from corridor.policy.hosts import IPAddress, normalize_host, parse_ip_literal
 
 # ECDSA P-256: a key in well under a millisecond, and accepted by every TLS client in use
@@ -344,11 +345,8 @@ def _server_context(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> 
 
 def _load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
     """`load_cert_chain` from an anonymous in-memory file (see the module docstring)."""
-    fd = os.memfd_create("corridor-leaf", os.MFD_CLOEXEC)
+    fd = memory_file("corridor-leaf", pem)
     try:
-        view = memoryview(pem)
-        while view:
-            view = view[os.write(fd, view) :]
         context.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
